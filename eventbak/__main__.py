@@ -1,0 +1,3 @@
+from eventbak.cli import main
+
+main()

@@ -1,0 +1,364 @@
+"""The builder: packs scanned entries into archives in staging.
+
+`Packer` is blocking code, run in a worker thread by the coordinator's
+builder task one batch of entries at a time. It returns, in order, the
+events to record and the archives it sealed. It owns the staging files it is
+writing; a sealed archive is handed over (renamed from `.partial` to its
+final name and fsynced) before the coordinator records `ArchiveSealed`.
+
+Files are opened with O_NOFOLLOW | O_NONBLOCK and checked with fstat, so a
+file swapped for a FIFO or symlink after the scan is never read through. The
+size committed to the tar header is the one fstat gave at open; a file that
+shrinks while read is padded with zeros, one that grows is cut at that size,
+and both are recorded as `EntryChanged` (the archive stays a valid tar).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from eventbak import archive as ar
+from eventbak import events as ev
+from eventbak.config import Compression
+from eventbak.scanner import Entry
+
+CHUNK = 1024 * 1024
+#: A file that does not fit is split only if at least this much room is left;
+#: otherwise the archive is sealed and the file starts in the next one.
+MIN_SEGMENT = 256 * 1024
+_OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+
+
+class Stopped(Exception):
+    """The packer was asked to stop; the archive being built is incomplete."""
+
+
+@dataclass
+class Sealed:
+    """An archive the packer finished: durable in staging, not yet recorded."""
+
+    event: ev.ArchiveSealed
+    path: Path
+
+
+Output = ev.Event | Sealed
+
+
+@dataclass
+class Progress:
+    files: int = 0
+    bytes: int = 0
+    archives: int = 0
+
+
+@dataclass
+class _Open:
+    writer: ar.ArchiveWriter
+    archive: str
+    index: int
+    members: list[ev.Member] = field(default_factory=list)
+
+
+class Packer:
+    def __init__(
+        self,
+        session: str,
+        staging: Path,
+        limit: int,
+        compression: Compression,
+        next_index: int = 1,
+        stop: threading.Event | None = None,
+    ) -> None:
+        self.session = session
+        self.staging = staging
+        self.limit = limit
+        self.compression = compression
+        self.next_index = next_index
+        self.stop = stop or threading.Event()
+        self.progress = Progress()
+        self._open: _Open | None = None
+        self._out: list[Output] = []
+        self._links: dict[tuple[int, int], bytes] = {}
+        self.min_segment = min(MIN_SEGMENT, limit // 8)
+
+    # -- archive lifecycle ----------------------------------------------
+
+    def archive_id(self, index: int) -> str:
+        return f"{self.session}-{index:06d}"
+
+    def _current(self) -> _Open:
+        if self._open is None:
+            index = self.next_index
+            self.next_index += 1
+            aid = self.archive_id(index)
+            path = self.staging / f"{aid}.partial"
+            path.unlink(missing_ok=True)
+            writer = ar.ArchiveWriter(path, self.limit, self.compression)
+            self._open = _Open(writer, aid, index)
+            self._out.append(
+                ev.ArchiveStarted(at=time.time(), session=self.session, archive=aid, index=index)
+            )
+        return self._open
+
+    def _seal(self) -> None:
+        cur = self._open
+        if cur is None:
+            return
+        self._open = None
+        size, raw, sha = cur.writer.seal()
+        final = self.staging / f"{cur.archive}{self.compression.suffix}"
+        os.replace(cur.writer.path, final)
+        _fsync_dir(self.staging)
+        event = ev.ArchiveSealed(
+            at=time.time(),
+            archive=cur.archive,
+            staged=final.name,
+            size=size,
+            raw_size=raw,
+            sha256=sha,
+            compression=str(self.compression),
+            members=cur.members,
+        )
+        self.progress.archives += 1
+        self._out.append(Sealed(event, final))
+
+    def abort(self) -> str | None:
+        """Drop the archive being built (its staged file too); returns its id."""
+        cur = self._open
+        self._open = None
+        if cur is None:
+            return None
+        cur.writer.abort()
+        return cur.archive
+
+    # -- packing ----------------------------------------------------------
+
+    def pack(self, entries: Iterable[Entry]) -> list[Output]:
+        """Pack a batch; returns the outputs produced so far (events, seals).
+
+        Raises Stopped (outputs so far kept in `take()`) when asked to stop.
+        """
+        for entry in entries:
+            if self.stop.is_set():
+                raise Stopped
+            kind = entry.kind
+            if kind == "file":
+                self._file(entry)
+            elif kind == "dir":
+                self._simple(entry, "dir", ar.DIRTYPE, b"")
+            elif kind == "symlink":
+                self._simple(entry, "symlink", ar.SYMTYPE, entry.target)
+            else:
+                self._skip(entry.path, entry.reason, special=kind == "special")
+        return self.take()
+
+    def finish(self) -> list[Output]:
+        """Seal the last archive; returns the remaining outputs."""
+        self._seal()
+        return self.take()
+
+    def take(self) -> list[Output]:
+        out, self._out = self._out, []
+        return out
+
+    def _skip(self, path: bytes, reason: str, special: bool = False) -> None:
+        self._out.append(
+            ev.EntrySkipped(
+                at=time.time(), session=self.session, path=path, reason=reason, special=special
+            )
+        )
+
+    def _fit(self, need: int) -> _Open:
+        """The open archive, sealed and replaced first if `need` tar bytes do not fit."""
+        cur = self._current()
+        if ar.ArchiveWriter.worst_case(need) <= cur.writer.room():
+            return cur
+        cur.writer.tighten()
+        if ar.ArchiveWriter.worst_case(need) <= cur.writer.room() or not cur.members:
+            return cur
+        self._seal()
+        return self._current()
+
+    def _simple(self, entry: Entry, kind: ev.MemberKind, typeflag: bytes, target: bytes) -> None:
+        st = entry.st
+        assert st is not None
+        header = ar.tar_header(
+            ar.member_name(entry.path, kind),
+            typeflag,
+            st.st_mode,
+            st.st_uid,
+            st.st_gid,
+            0,
+            st.st_mtime_ns // 1_000_000_000,
+            target,
+        )
+        cur = self._fit(len(header))
+        cur.writer.write(header)
+        cur.members.append(
+            ev.Member(
+                entry.path, kind, stat.S_IMODE(st.st_mode), st.st_mtime_ns, 0,
+                st.st_uid, st.st_gid, target,
+            )
+        )
+
+    def _file(self, entry: Entry) -> None:
+        path = entry.path
+        try:
+            fd = os.open(path, _OPEN_FLAGS)
+        except FileNotFoundError:
+            self._skip(path, "vanished")
+            return
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                self._skip(path, "vanished (replaced by a symlink)")
+            else:
+                self._skip(path, f"unreadable: {exc.strerror}")
+            return
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                self._skip(path, "vanished (no longer a regular file)")
+                return
+            if st.st_nlink > 1:
+                first = self._links.get((st.st_dev, st.st_ino))
+                if first is not None:
+                    self._hardlink(path, st, first)
+                    return
+            self._file_data(path, fd, st)
+            if st.st_nlink > 1:
+                self._links[(st.st_dev, st.st_ino)] = path
+        except OSError as exc:
+            # read errors (EIO...): the member is already in the tar, padded;
+            # only failures before the header reach here.
+            self._skip(path, f"unreadable: {exc.strerror}")
+        finally:
+            os.close(fd)
+
+    def _hardlink(self, path: bytes, st: os.stat_result, first: bytes) -> None:
+        header = ar.tar_header(
+            ar.member_name(path, "file"),
+            ar.LNKTYPE,
+            st.st_mode,
+            st.st_uid,
+            st.st_gid,
+            0,
+            st.st_mtime_ns // 1_000_000_000,
+            ar.member_name(first, "file"),
+        )
+        cur = self._fit(len(header))
+        cur.writer.write(header)
+        cur.members.append(
+            ev.Member(
+                path, "hardlink", stat.S_IMODE(st.st_mode), st.st_mtime_ns, st.st_size,
+                st.st_uid, st.st_gid, first,
+            )
+        )
+        self.progress.files += 1
+
+    def _file_data(self, path: bytes, fd: int, st: os.stat_result) -> None:
+        size = st.st_size
+        mtime = st.st_mtime_ns // 1_000_000_000
+        whole = ar.tar_header(
+            ar.member_name(path, "file"), ar.REGTYPE, st.st_mode, st.st_uid, st.st_gid, size, mtime
+        )
+        need = len(whole) + ar.padded(size)
+        fresh_room = self.limit - ar.ArchiveWriter.worst_case(0) - ar.ArchiveWriter.END_RESERVE
+        changed: list[str] = []
+        if ar.ArchiveWriter.worst_case(need) <= fresh_room:
+            cur = self._fit(need)
+            cur.writer.select(path)
+            cur.writer.write(whole)
+            self._copy(fd, cur, size, changed)
+            self._add_member(cur, path, st, 0, size, changed)
+        else:
+            offset = 0
+            while True:
+                cur = self._current()
+                cur.writer.tighten()
+                header = ar.tar_header(
+                    ar.member_name(path, "file", offset),
+                    ar.REGTYPE, st.st_mode, st.st_uid, st.st_gid, size, mtime,
+                )  # size field is a placeholder: the real one is below
+                # largest n with worst_case(n) <= room, then the payload in whole blocks
+                most = (cur.writer.room() - 64) * 16384 // 16385
+                length = min(size - offset, (most - len(header)) // ar.BLOCK * ar.BLOCK)
+                if length < min(self.min_segment, size - offset) or length <= 0:
+                    if not cur.members:
+                        raise RuntimeError(f"archive size {self.limit} too small for a segment")
+                    self._seal()
+                    continue
+                header = ar.tar_header(
+                    ar.member_name(path, "file", offset),
+                    ar.REGTYPE, st.st_mode, st.st_uid, st.st_gid, length, mtime,
+                )
+                cur.writer.select(path)
+                cur.writer.write(header)
+                self._copy(fd, cur, length, changed)
+                self._add_member(cur, path, st, offset, length, changed)
+                offset += length
+                if offset >= size:
+                    break
+        after = os.fstat(fd)
+        if after.st_size != size or after.st_mtime_ns != st.st_mtime_ns:
+            changed.append(
+                f"size {size} -> {after.st_size}" if after.st_size != size else "modified"
+            )
+        if changed:
+            self._out.append(
+                ev.EntryChanged(
+                    at=time.time(), session=self.session, path=path, detail="; ".join(changed)
+                )
+            )
+
+    def _add_member(
+        self, cur: _Open, path: bytes, st: os.stat_result, offset: int, length: int,
+        changed: list[str],
+    ) -> None:
+        cur.members.append(
+            ev.Member(
+                path, "file", stat.S_IMODE(st.st_mode), st.st_mtime_ns, st.st_size,
+                st.st_uid, st.st_gid, b"", offset, length, bool(changed),
+            )
+        )
+        if offset == 0:
+            self.progress.files += 1
+
+    def _copy(self, fd: int, cur: _Open, length: int, changed: list[str]) -> None:
+        """Copy `length` bytes from fd into the archive, then the padding."""
+        write = cur.writer.write
+        left = length
+        while left > 0:
+            if self.stop.is_set():
+                raise Stopped
+            try:
+                chunk = os.read(fd, min(left, CHUNK))
+            except OSError as exc:
+                changed.append(f"read error: {exc.strerror}")
+                chunk = b""
+            if not chunk:
+                if not changed:
+                    changed.append("shrank while read")
+                write(bytes(min(left, CHUNK)))
+                left -= min(left, CHUNK)
+                continue
+            write(chunk)
+            left -= len(chunk)
+            self.progress.bytes += len(chunk)
+        pad = ar.padded(length) - length
+        if pad:
+            write(b"\0" * pad)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

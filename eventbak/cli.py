@@ -1,0 +1,487 @@
+"""The command line: parse, call one function, print. No logic lives here.
+
+Exit codes: 0 success; 1 runtime failure; 2 usage or configuration error;
+3 session finished but some files could not be read.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+import trio
+
+from eventbak import __version__
+from eventbak import events as ev
+from eventbak.config import (
+    DEFAULT_ARCHIVE_SIZE,
+    Compression,
+    Config,
+    default_state_dir,
+    default_vault_url,
+    load_config,
+    parse_archive_size,
+    parse_compression,
+)
+from eventbak.coordinator import BackupRequest, Outcome, Progress, run_backup
+from eventbak.errors import EXIT_PARTIAL, EventbakError, LogCorrupt, UsageError
+from eventbak.log import read_log
+from eventbak.scanner import normalize_roots
+from eventbak.state import IllegalTransition, State, apply, describe_machines
+from eventbak.statedir import StateDir, log_path, read_state
+from eventbak.vaults import open_vault
+
+
+@dataclass
+class Ctx:
+    config: Config
+    config_path: Path | None
+    state_dir: Path
+    verbose: int
+
+
+def _fail(exc: EventbakError) -> NoReturn:
+    click.echo(f"eventbak: error: {exc}", err=True)
+    sys.exit(exc.exit_code)
+
+
+class _Group(click.Group):
+    """Turns every EventbakError into one line on stderr and its exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except EventbakError as exc:
+            _fail(exc)
+        except KeyboardInterrupt:
+            click.echo("eventbak: interrupted", err=True)
+            sys.exit(130)
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
+
+
+def _when(t: float) -> str:
+    if not t:
+        return "-"
+    return dt.datetime.fromtimestamp(t).strftime("%Y-%m-%d %H:%M:%S")
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
+    envvar="EVENTBAK_CONFIG", help="TOML config file (env EVENTBAK_CONFIG).",
+)
+@click.option(
+    "--state-dir", type=click.Path(file_okay=False, path_type=Path),
+    envvar="EVENTBAK_STATE_DIR",
+    help="Where the event log and staging live (env EVENTBAK_STATE_DIR).",
+)
+@click.option("-v", "--verbose", count=True, help="More detail (repeat for more).")
+@click.version_option(__version__, prog_name="eventbak")
+@click.pass_context
+def main(ctx: click.Context, config_path: Path | None, state_dir: Path | None, verbose: int) -> None:
+    """Event-sourced backups into local, S3 and Glacier vaults."""
+    try:
+        config = load_config(config_path) if config_path else Config()
+    except EventbakError as exc:
+        _fail(exc)
+    if state_dir is None:
+        state_dir = Path(config.state_dir).expanduser() if config.state_dir else default_state_dir()
+    ctx.obj = Ctx(config, config_path, state_dir.absolute(), verbose)
+
+
+# -- backup -----------------------------------------------------------------
+
+
+def _requests(
+    c: Ctx, paths: tuple[str, ...], vault: str | None, archive_size: str | None,
+    compression: str | None,
+) -> list[BackupRequest]:
+    try:
+        comp_override = parse_compression(compression) if compression else None
+    except ValueError as exc:
+        raise UsageError(f"--compression: {exc}") from None
+    try:
+        size_override = parse_archive_size(archive_size) if archive_size else None
+    except ValueError as exc:
+        raise UsageError(f"--archive-size: {exc}") from None
+    cfg = c.config
+
+    def vault_for(name: str | None) -> tuple[str, int]:
+        if vault:
+            return vault, size_override or DEFAULT_ARCHIVE_SIZE
+        if name is None and len(cfg.vaults) == 1:
+            name = next(iter(cfg.vaults))
+        if name is not None:
+            v = cfg.vaults[name]
+            return v.url, size_override or parse_archive_size(v.archive_size)
+        return default_vault_url(), size_override or DEFAULT_ARCHIVE_SIZE
+
+    def sources(raw: list[str], where: str) -> list[bytes]:
+        out = []
+        for p in raw:
+            b = os.fsencode(os.path.expanduser(p))
+            if not os.path.lexists(b):
+                raise UsageError(f"{where}: source path {p} does not exist")
+            out.append(b)
+        return normalize_roots(out)
+
+    if paths:
+        url, size = vault_for(None)
+        return [
+            BackupRequest(
+                "cli", sources(list(paths), "backup"), url, size,
+                comp_override or Compression("auto"), [],
+            )
+        ]
+    if not cfg.datasets:
+        raise UsageError("nothing to back up: give PATH... or a --config with [[datasets]]")
+    reqs = []
+    for ds in cfg.datasets:
+        url, size = vault_for(ds.vault)
+        reqs.append(
+            BackupRequest(
+                ds.name, sources(ds.paths, f"dataset {ds.name}"), url, size,
+                comp_override or parse_compression(ds.compression), list(ds.exclude),
+            )
+        )
+    return reqs
+
+
+class _ProgressLine:
+    def __init__(self) -> None:
+        self.width = 0
+
+    def __call__(self, p: Progress) -> None:
+        rate = p.bytes / p.elapsed / 1e6 if p.elapsed > 0 else 0.0
+        line = (
+            f"  {p.files} files, {_human(p.bytes)}, {rate:.1f} MB/s, "
+            f"archives {p.archives_uploaded}/{p.archives_sealed} uploaded/sealed"
+        )
+        click.echo("\r" + line.ljust(self.width), nl=False, err=True)
+        self.width = len(line)
+
+    def done(self) -> None:
+        if self.width:
+            click.echo("\r" + " " * self.width + "\r", nl=False, err=True)
+
+
+def _summary(o: Outcome) -> dict[str, Any]:
+    s = o.session
+    return {
+        "session": s.id,
+        "dataset": s.dataset,
+        "state": s.state,
+        "vault": s.vault,
+        "files": s.files,
+        "bytes": s.bytes,
+        "archives": s.archives_uploaded,
+        "bytes_uploaded": s.bytes_uploaded,
+        "skipped": [
+            {"path": ev.show_path(p), "reason": r} for p, r in s.skipped
+        ],
+        "changed": [{"path": ev.show_path(p), "detail": d} for p, d in s.changed],
+        "elapsed": round(o.elapsed, 3),
+        "mb_per_s": round(s.bytes / o.elapsed / 1e6, 1) if o.elapsed > 0 else 0.0,
+        "error": o.error,
+    }
+
+
+@main.command()
+@click.argument("paths", nargs=-1)
+@click.option("--vault", help="Vault URL (file:///dir).")
+@click.option("--archive-size", help="Archive size limit: 123, 64KiB, 128MiB, 1GiB.")
+@click.option("--compression", help="auto | none | zstd[:LEVEL]")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary instead of text.")
+@click.pass_obj
+def backup(
+    c: Ctx, paths: tuple[str, ...], vault: str | None, archive_size: str | None,
+    compression: str | None, as_json: bool,
+) -> None:
+    """Back up PATHs (or every dataset of the config) in one session."""
+    reqs = _requests(c, paths, vault, archive_size, compression)
+    sd = StateDir.open(c.state_dir)
+    outcomes: list[Outcome] = []
+    try:
+        if sd.torn is not None:
+            click.echo(
+                f"eventbak: warning: cut a torn record at offset {sd.torn.offset} off the end "
+                f"of the event log ({sd.torn.dropped} bytes: {sd.torn.reason})",
+                err=True,
+            )
+        for req in reqs:
+            if not as_json:
+                click.echo(f"state dir: {c.state_dir}")
+                click.echo(f"vault:     {req.vault_url}")
+            show = _ProgressLine() if (not as_json and sys.stderr.isatty()) else None
+            vault_obj = open_vault(req.vault_url)
+            outcome = trio.run(run_backup, sd, req, vault_obj, show)
+            if show:
+                show.done()
+            outcomes.append(outcome)
+            if not as_json:
+                _print_outcome(outcome)
+    finally:
+        sd.close()
+    if as_json:
+        out: Any = [_summary(o) for o in outcomes]
+        click.echo(json.dumps(out[0] if len(out) == 1 else out, indent=2))
+    if any(o.error for o in outcomes):
+        sys.exit(1)
+    if any(not special for o in outcomes for special in _specials(o)):
+        sys.exit(EXIT_PARTIAL)
+
+
+def _specials(o: Outcome) -> list[bool]:
+    # True for skipped special files (by design), False for read failures
+    return [r in _SPECIAL_REASONS for _, r in o.session.skipped]
+
+
+_SPECIAL_REASONS = {"fifo", "socket", "character device", "block device", "special file"}
+
+
+def _print_outcome(o: Outcome) -> None:
+    s = o.session
+    rate = s.bytes / o.elapsed / 1e6 if o.elapsed > 0 else 0.0
+    click.echo(
+        f"session {s.id} {s.state}: {s.files} files, {_human(s.bytes)} in "
+        f"{s.archives_uploaded} archives ({_human(s.bytes_uploaded)} stored), "
+        f"{o.elapsed:.1f} s, {rate:.1f} MB/s"
+    )
+    for path, reason in s.skipped:
+        click.echo(f"  skipped {ev.show_path(path)}: {reason}")
+    for path, detail in s.changed:
+        click.echo(f"  changed while read: {ev.show_path(path)} ({detail})")
+    if o.error:
+        click.echo(f"eventbak: error: {o.error} (session paused)", err=True)
+
+
+# -- restore ----------------------------------------------------------------
+
+
+@main.command()
+@click.argument("patterns", nargs=-1)
+@click.option("--to", "to", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Directory to restore into (entries land at DIR/<original path>).")
+@click.option("--session", help="Restore this session (id or unique prefix), not the latest.")
+@click.option("--overwrite", is_flag=True, help="Replace files that already exist.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
+@click.pass_obj
+def restore(
+    c: Ctx, patterns: tuple[str, ...], to: Path, session: str | None, overwrite: bool,
+    as_json: bool,
+) -> None:
+    """Restore the latest backup (or --session) of everything, or of PATH_OR_GLOBs."""
+    from eventbak.restore import restore as do_restore
+
+    state, _ = _read_state(c)
+    report = do_restore(
+        state, [os.fsencode(p) for p in patterns], to, session=session, overwrite=overwrite
+    )
+    for w in report.warnings:
+        click.echo(f"eventbak: warning: {w}", err=True)
+    if as_json:
+        click.echo(json.dumps(report.__dict__, indent=2))
+    else:
+        click.echo(
+            f"restored {report.files} entries, {_human(report.bytes)} from session "
+            f"{report.session} into {to} in {report.elapsed:.1f} s"
+        )
+
+
+# -- inspect / status / replay ----------------------------------------------
+
+
+def _read_state(c: Ctx) -> tuple[State, Any]:
+    if not log_path(c.state_dir).exists():
+        raise UsageError(f"no event log in {c.state_dir} (nothing backed up yet?)")
+    try:
+        return read_state(c.state_dir)
+    except IllegalTransition as exc:
+        raise EventbakError(f"event log {log_path(c.state_dir)}: {exc}") from None
+
+
+@main.command()
+@click.option("--vault", help="Only archives of this vault URL.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def inspect(c: Ctx, vault: str | None, as_json: bool) -> None:
+    """List archives per vault, from the log."""
+    state, _ = _read_state(c)
+    by_vault: dict[str, list[dict[str, Any]]] = {}
+    for a in state.archives.values():
+        url = a.vault or state.sessions[a.session].vault
+        if vault and url != vault:
+            continue
+        by_vault.setdefault(url, []).append(
+            {
+                "id": a.id,
+                "session": a.session,
+                "size": a.size,
+                "members": len(a.members),
+                "sha256": a.sha256,
+                "state": a.state,
+                "time": a.uploaded_at or a.sealed_at or a.started_at,
+                "key": a.key,
+            }
+        )
+    if as_json:
+        click.echo(json.dumps(by_vault, indent=2))
+        return
+    if not by_vault:
+        click.echo("no archives" + (f" in {vault}" if vault else ""))
+    for url, rows in by_vault.items():
+        click.echo(f"vault {url}: {len(rows)} archives, "
+                   f"{_human(sum(r['size'] for r in rows))}")
+        for r in rows:
+            click.echo(
+                f"  {r['id']}  {r['state']:<9} {_human(r['size']):>10} {r['members']:>7} members"
+                f"  sha256:{r['sha256'][:16]}  {_when(r['time'])}"
+            )
+
+
+def _session_dict(s: Any) -> dict[str, Any]:
+    return {
+        "session": s.id,
+        "dataset": s.dataset,
+        "state": s.state,
+        "vault": s.vault,
+        "opened": s.opened_at,
+        "updated": s.updated_at,
+        "files": s.files,
+        "bytes": s.bytes,
+        "archives": len(s.archives),
+        "archives_uploaded": s.archives_uploaded,
+        "bytes_uploaded": s.bytes_uploaded,
+        "skipped": len(s.skipped),
+        "changed": len(s.changed),
+        "interruptions": s.interruptions,
+        "pauses": s.pauses,
+        "crashes": s.crashes,
+        "error": s.error,
+    }
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def status(c: Ctx, as_json: bool) -> None:
+    """The current or last session: its state and progress."""
+    state, _ = _read_state(c)
+    unfinished = state.unfinished_sessions()
+    s = unfinished[-1] if unfinished else state.last_session
+    if s is None:
+        raise EventbakError("no session in the event log yet")
+    d = _session_dict(s)
+    if as_json:
+        click.echo(json.dumps(d, indent=2))
+        return
+    click.echo(f"session {s.id} ({s.dataset}): {s.state}")
+    click.echo(f"  vault:       {s.vault}")
+    click.echo(f"  opened:      {_when(s.opened_at)}   last event: {_when(s.updated_at)}")
+    click.echo(f"  stored:      {s.files} files, {_human(s.bytes)}")
+    click.echo(
+        f"  archives:    {s.archives_uploaded} uploaded of {len(s.archives)} "
+        f"({_human(s.bytes_uploaded)})"
+    )
+    click.echo(f"  skipped:     {len(s.skipped)}   changed while read: {len(s.changed)}")
+    why = ", ".join(s.pauses + ["crash"] * s.crashes) or "none"
+    click.echo(f"  interrupted: {s.interruptions} times ({why})")
+    if s.error:
+        click.echo(f"  error:       {s.error}")
+
+
+def _event_line(seq: int, offset: int, e: ev.Event) -> str:
+    d = ev.to_jsonable(e)
+    assert isinstance(d, dict)
+    d.pop("t", None)
+    at = d.pop("at", 0.0)
+    parts = []
+    for k, v in d.items():
+        if k == "members":
+            parts.append(f"members={len(v)}")
+        else:
+            parts.append(f"{k}={v}")
+    return f"{seq:>7} @{offset:<10} {_when(at)} {ev.event_name(e)} " + " ".join(parts)
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="JSON lines, one per event.")
+@click.option("--verify", is_flag=True, help="Check framing, checksums and transitions.")
+@click.option("--until", type=click.IntRange(min=0), help="Stop after event SEQ.")
+@click.option("--machines", is_flag=True, help="Print the lifecycle tables and exit.")
+@click.pass_obj
+def replay(c: Ctx, as_json: bool, verify: bool, until: int | None, machines: bool) -> None:
+    """Print the events of the log and the state they fold to."""
+    if machines:
+        click.echo(describe_machines())
+        return
+    path = log_path(c.state_dir)
+    if not path.exists():
+        raise UsageError(f"no event log in {c.state_dir} (nothing backed up yet?)")
+    try:
+        image = read_log(path, until)
+    except LogCorrupt as exc:
+        if verify:
+            click.echo(f"verify: FAILED at offset {exc.offset}: {exc.detail}")
+        raise
+    state = State()
+    for rec in image.records:
+        try:
+            apply(state, rec.event)
+        except IllegalTransition as exc:
+            if verify:
+                click.echo(f"verify: FAILED at offset {rec.offset} (event {rec.seq}): {exc}")
+            raise EventbakError(
+                f"event log {path}: event {rec.seq} at offset {rec.offset}: {exc}"
+            ) from None
+        if as_json:
+            d = ev.to_jsonable(rec.event)
+            assert isinstance(d, dict)
+            click.echo(json.dumps({"seq": rec.seq, "offset": rec.offset, **d}))
+        else:
+            click.echo(_event_line(rec.seq, rec.offset, rec.event))
+    summary = {
+        "events": len(image.records),
+        "bytes": image.size,
+        "sessions": {s.id: s.state for s in state.sessions.values()},
+        "archives": _count_states(state),
+        "torn_tail": None if image.torn is None else image.torn.__dict__,
+    }
+    if as_json:
+        click.echo(json.dumps({"state": summary}))
+    else:
+        click.echo(f"-- {summary['events']} events, {image.size} bytes")
+        for sid, st in summary["sessions"].items():
+            click.echo(f"   session {sid}: {st}")
+        click.echo("   archives: " + (", ".join(
+            f"{n} {k}" for k, n in summary["archives"].items()) or "none"))
+    if image.torn is not None:
+        msg = (f"torn final record at offset {image.torn.offset} "
+               f"({image.torn.dropped} bytes: {image.torn.reason})")
+        if verify:
+            click.echo(f"verify: FAILED at offset {image.torn.offset}: {msg}")
+            sys.exit(1)
+        click.echo(f"eventbak: warning: {msg}; it is cut off at the next backup", err=True)
+    elif verify:
+        click.echo(f"verify: ok ({len(image.records)} events)")
+
+
+def _count_states(state: State) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for a in state.archives.values():
+        counts[a.state] = counts.get(a.state, 0) + 1
+    return counts
+

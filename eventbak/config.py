@@ -1,0 +1,216 @@
+"""Configuration: the TOML file decoded into msgspec Structs, and its defaults.
+
+The Structs below are the reference for every key (docs/configuration.md
+mirrors them). A wrong key, type or value is a `ConfigError` naming the key
+and the file; the CLI prints it on one line and exits 2.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+import msgspec
+
+from eventbak.errors import ConfigError, UsageError
+
+DEFAULT_ARCHIVE_SIZE = 128 * 1024 * 1024
+#: Below this an archive cannot hold a long path's headers and still make progress.
+MIN_ARCHIVE_SIZE = 64 * 1024
+MAX_ARCHIVE_SIZE = 4 * 1024**4
+DEFAULT_COMPRESSION = "auto"
+DEFAULT_ZSTD_LEVEL = 3
+
+
+class VaultConfig(msgspec.Struct, forbid_unknown_fields=True):
+    url: str
+    archive_size: str | int = "128MiB"
+
+
+class DatasetConfig(msgspec.Struct, forbid_unknown_fields=True):
+    name: str
+    paths: list[str]
+    exclude: list[str] = []
+    vault: str | None = None
+    compression: str = DEFAULT_COMPRESSION
+
+
+class Config(msgspec.Struct, forbid_unknown_fields=True):
+    state_dir: str | None = None
+    vaults: dict[str, VaultConfig] = {}
+    datasets: list[DatasetConfig] = []
+
+
+_SIZE = re.compile(r"^\s*(\d+)\s*(B|KiB|MiB|GiB|TiB|K|M|G|T)?\s*$")
+_UNITS = {None: 1, "B": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+_UNITS.update({"KiB": 1024, "MiB": 1024**2, "GiB": 1024**3, "TiB": 1024**4})
+
+
+def parse_size(value: str | int) -> int:
+    """`123`, `64KiB`, `128MiB`, `1GiB` -> bytes. ValueError with the reason."""
+    if isinstance(value, bool):
+        raise ValueError(f"{value!r} is not a size")
+    if isinstance(value, int):
+        n = value
+    else:
+        m = _SIZE.match(value)
+        if not m:
+            raise ValueError(f"{value!r} is not a size (examples: 123, 64KiB, 128MiB, 1GiB)")
+        n = int(m.group(1)) * _UNITS[m.group(2)]
+    return n
+
+
+def parse_archive_size(value: str | int) -> int:
+    n = parse_size(value)
+    if n < MIN_ARCHIVE_SIZE:
+        raise ValueError(f"{value!r} is below the minimum archive size of 64KiB")
+    if n > MAX_ARCHIVE_SIZE:
+        raise ValueError(f"{value!r} is above the maximum archive size of 4TiB")
+    return n
+
+
+@dataclass(frozen=True)
+class Compression:
+    """`auto` (zstd, with already-compressed media stored at a fast level),
+    `none` (plain tar) or `zstd[:LEVEL]` (every member at LEVEL)."""
+
+    mode: str  # "auto" | "none" | "zstd"
+    level: int = DEFAULT_ZSTD_LEVEL
+
+    def __str__(self) -> str:
+        if self.mode == "zstd":
+            return f"zstd:{self.level}"
+        return self.mode
+
+    @property
+    def suffix(self) -> str:
+        return ".tar" if self.mode == "none" else ".tar.zst"
+
+
+def parse_compression(value: str) -> Compression:
+    v = value.strip().lower()
+    if v in ("auto", "none"):
+        return Compression(v)
+    if v == "zstd":
+        return Compression("zstd")
+    if v.startswith("zstd:"):
+        try:
+            level = int(v[5:])
+        except ValueError:
+            level = 0
+        if 1 <= level <= 22:
+            return Compression("zstd", level)
+        raise ValueError(f"{value!r}: zstd level must be 1 to 22")
+    raise ValueError(f"{value!r} is not one of auto, none, zstd[:LEVEL]")
+
+
+def _dotted(msgspec_path: str) -> str:
+    # "$.vaults.offsite.url" / "$.datasets[0].name" -> "vaults.offsite.url" / "datasets[0].name"
+    return msgspec_path.removeprefix("$").removeprefix(".") or "(top level)"
+
+
+def load_config(path: Path) -> Config:
+    """Read and validate a config file; every problem is a one-line ConfigError."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except OSError as exc:
+        raise ConfigError(f"config file {path}: {exc.strerror}") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {path}: not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path}: invalid TOML: {exc}") from None
+    try:
+        cfg = msgspec.convert(data, Config)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"config file {path}: {_explain(str(exc))}") from None
+    _validate(cfg, path)
+    return cfg
+
+
+def _explain(msg: str) -> str:
+    # msgspec: "Object contains unknown field `x` - at `$.vaults.a`" / "Expected `str`, got `int` - at `$.y`"
+    m = re.match(r"^(.*?) - at `([^`]*)`$", msg)
+    if not m:
+        return msg
+    what, where = m.groups()
+    unknown = re.match(r"Object contains unknown field `([^`]*)`", what)
+    if unknown:
+        key = unknown.group(1)
+        base = _dotted(where)
+        full = key if base == "(top level)" else f"{base}.{key}"
+        return f"unknown key {full}"
+    missing = re.match(r"Object missing required field `([^`]*)`", what)
+    if missing:
+        base = _dotted(where)
+        key = missing.group(1)
+        full = key if base == "(top level)" else f"{base}.{key}"
+        return f"missing required key {full}"
+    return f"key {_dotted(where)}: {what[0].lower()}{what[1:]}"
+
+
+def _validate(cfg: Config, path: Path) -> None:
+    def fail(key: str, why: str) -> None:
+        raise ConfigError(f"config file {path}: key {key}: {why}")
+
+    for name, vault in cfg.vaults.items():
+        try:
+            parse_archive_size(vault.archive_size)
+        except ValueError as exc:
+            fail(f"vaults.{name}.archive_size", str(exc))
+        try:
+            check_vault_url(vault.url)
+        except UsageError as exc:
+            fail(f"vaults.{name}.url", str(exc))
+    seen: set[str] = set()
+    for i, ds in enumerate(cfg.datasets):
+        where = f"datasets[{i}]"
+        if not ds.name:
+            fail(f"{where}.name", "must not be empty")
+        if ds.name in seen:
+            fail(f"{where}.name", f"dataset {ds.name!r} is defined twice")
+        seen.add(ds.name)
+        if not ds.paths:
+            fail(f"{where}.paths", "needs at least one path")
+        if ds.vault is not None and ds.vault not in cfg.vaults:
+            fail(f"{where}.vault", f"no vault named {ds.vault!r} under [vaults]")
+        try:
+            parse_compression(ds.compression)
+        except ValueError as exc:
+            fail(f"{where}.compression", str(exc))
+    if cfg.state_dir is not None and not cfg.state_dir:
+        fail("state_dir", "must not be empty")
+
+
+def check_vault_url(url: str) -> None:
+    """Only syntax here; vaults/ opens and checks the target itself."""
+    if url.startswith("file://"):
+        rest = url[len("file://") :]
+        if not rest.startswith("/"):
+            raise UsageError(f"vault URL {url!r}: a file URL needs an absolute path (file:///dir)")
+        return
+    scheme = url.split(":", 1)[0] if ":" in url else ""
+    if scheme in ("s3", "glacier"):
+        raise UsageError(f"vault URL {url!r}: {scheme}:// vaults are not supported yet")
+    raise UsageError(f"vault URL {url!r}: unknown scheme (use file:///dir)")
+
+
+def xdg_dir(env: str, fallback: str) -> Path:
+    base = os.environ.get(env)
+    if base and os.path.isabs(base):
+        return Path(base) / "eventbak"
+    return Path.home() / fallback / "eventbak"
+
+
+def default_state_dir() -> Path:
+    return xdg_dir("XDG_STATE_HOME", ".local/state")
+
+
+def default_vault_url() -> str:
+    return "file://" + str(xdg_dir("XDG_DATA_HOME", ".local/share") / "vault")

@@ -1,0 +1,257 @@
+"""The event catalogue: every fact the event log can hold, and nothing else.
+
+This module is the log's schema. Each event is an immutable msgspec Struct
+named in the past tense; the union `Event` is tagged by the field `t` (the
+class name). Paths are `bytes` (what the OS gave us), so non-UTF-8 names
+survive. Times are float seconds since the epoch, except file mtimes, which
+are integer nanoseconds.
+
+Compatibility: new optional fields may be added at the end of a struct (old
+readers ignore them, new readers fill in defaults); a field is never renamed
+or re-typed; a new event kind needs a new log format version only if old
+readers must not skip it. See docs/formats.md.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+#: Version of the event schema, written in the log header (see log.py).
+SCHEMA_VERSION = 1
+
+MemberKind = Literal["file", "dir", "symlink", "hardlink"]
+
+
+class Member(msgspec.Struct, array_like=True, frozen=True, gc=False):
+    """One entry of an archive, as the catalog knows it.
+
+    A regular file larger than the room in an archive is split: each segment
+    is its own member with `offset` and `length` (bytes of this segment);
+    `size` is always the whole file's size. For a whole file `offset` is 0
+    and `length == size`. `target` is the link target of a symlink (as
+    stored) or the path of the first link of a hard-linked file.
+    """
+
+    path: bytes
+    kind: MemberKind
+    mode: int
+    mtime_ns: int
+    size: int = 0
+    uid: int = 0
+    gid: int = 0
+    target: bytes = b""
+    offset: int = 0
+    length: int = 0
+    changed: bool = False
+
+    @property
+    def segmented(self) -> bool:
+        return self.kind == "file" and (self.offset != 0 or self.length != self.size)
+
+
+class _Base(msgspec.Struct, tag=True, tag_field="t", frozen=True, kw_only=True, gc=False):
+    at: float
+
+
+# -- sessions ---------------------------------------------------------------
+
+
+class SessionOpened(_Base):
+    """A backup session began: what it backs up, where to, and how."""
+
+    session: str
+    dataset: str
+    vault: str
+    paths: list[bytes]
+    archive_size: int
+    compression: str
+    exclude: list[str] = []
+    host: str = ""
+    version: str = ""
+
+
+class SessionResumed(_Base):
+    """An unfinished session continues after a pause or a crash."""
+
+    session: str
+    after: str  # "paused" or "crash"
+    pid: int = 0
+
+
+class SessionPaused(_Base):
+    """The session stopped taking work and reached a consistent point."""
+
+    session: str
+    reason: str  # "signal:SIGTERM", "deadline", "disk full", ...
+
+
+class SessionCompleted(_Base):
+    """Every entry of the session is in an uploaded archive (or was skipped)."""
+
+    session: str
+    files: int
+    bytes: int
+    archives: int
+    skipped: int
+    changed: int
+
+
+class SessionFailed(_Base):
+    """The session stopped on an error it could not get past."""
+
+    session: str
+    error: str
+
+
+class SessionAbandoned(_Base):
+    """The session will never be resumed; its uploaded archives stay valid."""
+
+    session: str
+    reason: str
+
+
+# -- entries that could not be stored as they were ---------------------------
+
+
+class EntrySkipped(_Base):
+    """An entry was not stored: special file, unreadable, vanished."""
+
+    session: str
+    path: bytes
+    reason: str
+    special: bool = False  # FIFOs, sockets, devices: skipped by design, not an error
+
+
+class EntryChanged(_Base):
+    """A file changed while it was read; what is stored may be inconsistent."""
+
+    session: str
+    path: bytes
+    detail: str
+
+
+# -- archives ---------------------------------------------------------------
+
+
+class ArchiveStarted(_Base):
+    """The builder opened a new archive in staging."""
+
+    session: str
+    archive: str
+    index: int
+
+
+class ArchiveSealed(_Base):
+    """An archive is complete and durable in staging, with its catalog.
+
+    `sha256` and `size` are of the staged file exactly as it will be stored.
+    `raw_size` is the size of the uncompressed tar stream.
+    """
+
+    archive: str
+    staged: str
+    size: int
+    raw_size: int
+    sha256: str
+    compression: str
+    members: list[Member]
+
+
+class ArchiveDiscarded(_Base):
+    """An archive will never be uploaded (partial at a crash, or bad in staging)."""
+
+    archive: str
+    reason: str
+
+
+class UploadStarted(_Base):
+    """The uploader began sending an archive to its vault under `key`."""
+
+    archive: str
+    vault: str
+    key: str
+
+
+class ArchiveUploaded(_Base):
+    """The vault holds the archive and confirmed its checksum."""
+
+    archive: str
+    vault: str
+    key: str
+    size: int
+    sha256: str
+
+
+# -- the log itself ---------------------------------------------------------
+
+
+class LogTailTruncated(_Base):
+    """On open, a torn final record was cut off at `offset` (`dropped` bytes)."""
+
+    offset: int
+    dropped: int
+
+
+Event = (
+    SessionOpened
+    | SessionResumed
+    | SessionPaused
+    | SessionCompleted
+    | SessionFailed
+    | SessionAbandoned
+    | EntrySkipped
+    | EntryChanged
+    | ArchiveStarted
+    | ArchiveSealed
+    | ArchiveDiscarded
+    | UploadStarted
+    | ArchiveUploaded
+    | LogTailTruncated
+)
+
+EVENT_TYPES: tuple[type[_Base], ...] = (
+    SessionOpened,
+    SessionResumed,
+    SessionPaused,
+    SessionCompleted,
+    SessionFailed,
+    SessionAbandoned,
+    EntrySkipped,
+    EntryChanged,
+    ArchiveStarted,
+    ArchiveSealed,
+    ArchiveDiscarded,
+    UploadStarted,
+    ArchiveUploaded,
+    LogTailTruncated,
+)
+
+
+def event_name(event: Event) -> str:
+    return type(event).__name__
+
+
+def show_path(path: bytes) -> str:
+    """A path for people: UTF-8 where it is, backslash escapes where not."""
+    return path.decode("utf-8", "backslashreplace")
+
+
+def to_jsonable(obj: object) -> object:
+    """Builtins for JSON output, with paths shown as text (see `show_path`)."""
+    if isinstance(obj, bytes):
+        return show_path(obj)
+    if isinstance(obj, list | tuple):
+        return [to_jsonable(x) for x in obj]
+    if isinstance(obj, dict):
+        return {k: to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, msgspec.Struct):
+        out: dict[str, object] = {}
+        cfg = getattr(type(obj), "__struct_config__", None)
+        if cfg is not None and cfg.tag is not None and cfg.tag_field is not None:
+            out[cfg.tag_field] = cfg.tag
+        for field in obj.__struct_fields__:
+            out[field] = to_jsonable(getattr(obj, field))
+        return out
+    return obj

@@ -1,0 +1,247 @@
+"""The event log on disk: framing, append with group commit, torn-tail recovery.
+
+Layout (docs/formats.md has the full specification)::
+
+    header  8 bytes   b"EVBKLOG" + format version byte (1)
+    record  4 bytes   payload length, unsigned little-endian
+            4 bytes   CRC-32 of (the 4 length bytes + payload)
+            N bytes   payload: one msgpack-encoded event (events.py)
+
+Records are appended and never rewritten. `append` only buffers; `commit`
+writes the buffer and fsyncs (group commit). Callers commit at the points
+that matter (archive sealed, archive uploaded, session state changes), so a
+crash loses at most the uncommitted tail, which only ever holds facts that
+can be rediscovered.
+
+A damaged record is a *torn tail* when no valid record follows it: a crash
+during the last write. It is cut off when the log is opened for writing and
+reported. A damaged record followed by a valid one is corruption in the
+middle of the log, which is never skipped silently: `LogCorrupt` names its
+offset.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import msgspec
+
+from eventbak import events as ev
+from eventbak.errors import LogCorrupt, UsageError
+
+MAGIC = b"EVBKLOG"
+FORMAT_VERSION = 1
+HEADER = MAGIC + bytes([FORMAT_VERSION])
+FRAME = struct.Struct("<II")
+#: A record larger than this is treated as damage, not as data.
+MAX_RECORD = 256 * 1024 * 1024
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(ev.Event)
+
+
+def encode_record(event: ev.Event) -> bytes:
+    """One framed record for `event`."""
+    payload = _encoder.encode(event)
+    length = struct.pack("<I", len(payload))
+    crc = zlib.crc32(payload, zlib.crc32(length))
+    return length + struct.pack("<I", crc) + payload
+
+
+@dataclass(frozen=True)
+class TornTail:
+    """What a damaged final record looked like when it was found."""
+
+    offset: int
+    dropped: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class Record:
+    seq: int  # 1-based position in the log
+    offset: int  # byte offset of the record's frame
+    event: ev.Event
+
+
+def _frame_at(data: memoryview, pos: int) -> tuple[int, str]:
+    """End offset of a valid frame at `pos`, or (-1, why it is not one)."""
+    n = len(data)
+    if n - pos < FRAME.size:
+        return -1, "incomplete frame header"
+    length, crc = FRAME.unpack_from(data, pos)
+    if length > MAX_RECORD:
+        return -1, f"implausible record length {length}"
+    end = pos + FRAME.size + length
+    if end > n:
+        return -1, "record extends past the end of the file"
+    if zlib.crc32(data[pos + FRAME.size : end], zlib.crc32(data[pos : pos + 4])) != crc:
+        return -1, "checksum mismatch"
+    return end, ""
+
+
+def _valid_frame_after(data: memoryview, pos: int) -> int:
+    """Offset of the first valid frame strictly after `pos`, or -1."""
+    for q in range(pos + 1, len(data) - FRAME.size + 1):
+        end, _ = _frame_at(data, q)
+        if end > 0:
+            return q
+    return -1
+
+
+def _scan(path: Path, data: memoryview, until: int | None) -> Iterator[Record | TornTail]:
+    """Records of a log image; a torn tail is yielded last, corruption raises."""
+    if len(data) < len(HEADER):
+        if bytes(data) != HEADER[: len(data)]:
+            raise UsageError(f"{path} is not an eventbak event log")
+        if len(data):
+            yield TornTail(0, len(data), "incomplete log header")
+        return
+    if bytes(data[: len(MAGIC)]) != MAGIC:
+        raise UsageError(f"{path} is not an eventbak event log")
+    version = data[len(MAGIC)]
+    if version != FORMAT_VERSION:
+        raise UsageError(
+            f"{path} has log format version {version}; this eventbak reads version "
+            f"{FORMAT_VERSION} (upgrade eventbak)"
+        )
+    pos = len(HEADER)
+    seq = 0
+    while pos < len(data):
+        if until is not None and seq >= until:
+            return
+        end, why = _frame_at(data, pos)
+        if end < 0:
+            if _valid_frame_after(data, pos) >= 0:
+                raise LogCorrupt(str(path), pos, why)
+            yield TornTail(pos, len(data) - pos, why)
+            return
+        try:
+            event = _decoder.decode(data[pos + FRAME.size : end])
+        except msgspec.ValidationError as exc:
+            raise LogCorrupt(
+                str(path), pos, f"undecodable event ({exc}); written by a newer eventbak?"
+            ) from None
+        except msgspec.DecodeError as exc:
+            raise LogCorrupt(str(path), pos, f"undecodable event ({exc})") from None
+        seq += 1
+        yield Record(seq, pos, event)
+        pos = end
+
+
+@dataclass
+class LogImage:
+    """Everything read from a log file without changing it."""
+
+    records: list[Record]
+    torn: TornTail | None
+    size: int
+
+
+def read_log(path: Path, until: int | None = None) -> LogImage:
+    """Read (never modify) the log at `path`. A missing file is an empty log."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return LogImage([], None, 0)
+    records: list[Record] = []
+    torn: TornTail | None = None
+    for item in _scan(path, memoryview(raw), until):
+        if isinstance(item, TornTail):
+            torn = item
+        else:
+            records.append(item)
+    return LogImage(records, torn, len(raw))
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class EventLog:
+    """The writable log of a state directory. Only one process may hold it
+    (see `statedir.lock`); this class assumes the caller holds the lock."""
+
+    def __init__(self, path: Path, fd: int, size: int) -> None:
+        self.path = path
+        self._fd = fd
+        self._durable_end = size
+        self._buffer: list[bytes] = []
+        self.seq = 0
+
+    @classmethod
+    def open(cls, path: Path) -> tuple[EventLog, LogImage]:
+        """Open for appending; a torn tail is cut off (the caller records that:
+        see `LogImage.torn`). Returns the log and what it held, to fold.
+        """
+        image = read_log(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        created = not path.exists()
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            size = image.size
+            if image.torn is not None:
+                size = image.torn.offset
+                os.ftruncate(fd, size)
+                os.fsync(fd)
+            if size == 0:
+                os.write(fd, HEADER)
+                os.fsync(fd)
+                size = len(HEADER)
+            if created:
+                _fsync_dir(path.parent)
+            os.lseek(fd, size, os.SEEK_SET)
+        except BaseException:
+            os.close(fd)
+            raise
+        log = cls(path, fd, size)
+        log.seq = len(image.records)
+        return log, image
+
+    def append(self, event: ev.Event) -> int:
+        """Buffer `event`; it becomes durable at the next `commit`. Returns its seq."""
+        self._buffer.append(encode_record(event))
+        self.seq += 1
+        return self.seq
+
+    def commit(self) -> None:
+        """Write every buffered event and fsync. On failure (disk full) the file
+        is cut back to its last durable end and the error is raised; the
+        buffered events stay buffered for a later retry."""
+        if not self._buffer:
+            return
+        data = b"".join(self._buffer)
+        try:
+            view = memoryview(data)
+            while view:
+                written = os.write(self._fd, view)
+                view = view[written:]
+            os.fsync(self._fd)
+        except OSError:
+            try:
+                os.ftruncate(self._fd, self._durable_end)
+                os.lseek(self._fd, self._durable_end, os.SEEK_SET)
+            except OSError:
+                pass
+            raise
+        self._durable_end += len(data)
+        self._buffer.clear()
+
+    @property
+    def pending(self) -> int:
+        return len(self._buffer)
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+

@@ -1,0 +1,378 @@
+"""Restore: plan from the catalog (the folded log), fetch, verify, extract.
+
+A restore picks one session (the latest completed one unless `--session`),
+selects the members matching the given paths or globs, and extracts them
+archive by archive. Every archive is checked against the SHA-256 its upload
+event recorded before a byte of it is used. Each entry lands at its
+original absolute path below the target directory. Metadata comes from the
+catalog (nanosecond mtimes, modes, and owners when running as root);
+directory mtimes are set last, deepest first.
+
+Safety: every destination is checked to stay below the target directory
+without passing through a symlink, existing files are never replaced
+without `overwrite`, and files are created with O_EXCL | O_NOFOLLOW.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import os
+import re
+import stat
+import tarfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import zstandard
+
+from eventbak import archive as ar
+from eventbak import events as ev
+from eventbak.errors import EventbakError, UsageError, VaultError
+from eventbak.state import ArchiveState, SessionState, State
+from eventbak.vaults import Vault, open_vault
+
+_CHUNK = 1024 * 1024
+
+
+@dataclass
+class Item:
+    """One member to write: where its bytes come from and where they go."""
+
+    member: ev.Member
+    dest: bytes  # path below the target dir (no leading "/")
+
+
+@dataclass
+class Plan:
+    session: SessionState
+    by_archive: list[tuple[ArchiveState, dict[bytes, list[Item]]]]
+    links: list[Item]  # hard links made after everything else
+    dirs: list[Item]
+    count: int
+    size: int
+    missing: int = 0  # members in archives that are not uploaded
+    warnings: list[str] = field(default_factory=list)
+
+
+def choose_session(state: State, session: str | None) -> SessionState:
+    if session:
+        matches = [s for s in state.sessions.values() if s.id == session]
+        if not matches:
+            matches = [s for s in state.sessions.values() if s.id.startswith(session)]
+        if len(matches) != 1:
+            what = "no session" if not matches else "more than one session"
+            raise UsageError(f"{what} matches --session {session!r}")
+        return matches[0]
+    completed = [s for s in state.sessions.values() if s.state == "completed"]
+    if completed:
+        return completed[-1]
+    usable = [s for s in state.sessions.values() if s.archives_uploaded]
+    if usable:
+        return usable[-1]
+    raise EventbakError("nothing to restore: the log has no session with uploaded archives")
+
+
+def _pattern_matcher(patterns: list[bytes]) -> Callable[[bytes], bool]:
+    if not patterns:
+        return lambda p: True
+    exact: list[bytes] = []
+    globs: list[re.Pattern[bytes]] = []
+    for pat in patterns:
+        pat = os.path.normpath(os.path.abspath(pat))
+        if any(c in pat for c in (b"*", b"?", b"[")):
+            globs.append(re.compile(os.fsencode(fnmatch.translate(os.fsdecode(pat)))))
+        else:
+            exact.append(pat.rstrip(b"/") or b"/")
+
+    def match(path: bytes) -> bool:
+        for e in exact:
+            if path == e or path.startswith(e + b"/") or e == b"/":
+                return True
+        if globs:
+            p = path
+            while p and p != b"/":
+                if any(g.match(p) for g in globs):
+                    return True
+                p = os.path.dirname(p)
+        return False
+
+    return match
+
+
+def plan_restore(state: State, patterns: list[bytes], session: str | None) -> Plan:
+    s = choose_session(state, session)
+    match = _pattern_matcher(patterns)
+    plan = Plan(session=s, by_archive=[], links=[], dirs=[], count=0, size=0)
+    files_by_path: dict[bytes, list[tuple[ArchiveState, ev.Member]]] = {}
+    selected: dict[bytes, list[tuple[ArchiveState, ev.Member]]] = {}
+    for a in state.archives_of(s.id):
+        if a.state != "uploaded":
+            if a.state != "discarded":
+                plan.missing += len(a.members)
+            continue
+        for m in a.members:
+            if m.kind == "file":
+                files_by_path.setdefault(m.path, []).append((a, m))
+            if match(m.path):
+                selected.setdefault(m.path, []).append((a, m))
+    if not selected:
+        raise EventbakError(
+            f"nothing to restore: no backed-up entry of session {s.id} matches "
+            + (" ".join(ev.show_path(p) for p in patterns) if patterns else "anything")
+        )
+    work: dict[str, dict[bytes, list[Item]]] = {}
+    archives: dict[str, ArchiveState] = {}
+
+    def add(a: ArchiveState, m: ev.Member, dest_path: bytes) -> None:
+        name = ar.member_name(m.path, m.kind, m.offset if m.segmented else None).rstrip(b"/")
+        archives[a.id] = a
+        work.setdefault(a.id, {}).setdefault(name, []).append(Item(m, dest_path))
+
+    for path, found in selected.items():
+        for a, m in found:
+            dest = path.lstrip(b"/")
+            if m.kind == "dir":
+                plan.dirs.append(Item(m, dest))
+                continue
+            if m.kind == "hardlink":
+                if m.target in selected:
+                    plan.links.append(Item(m, dest))
+                else:  # the first link is not restored: give this one the data
+                    for ta, tm in files_by_path.get(m.target, []):
+                        add(ta, tm, dest)
+                plan.count += 1
+                continue
+            add(a, m, dest)
+            if m.kind != "file" or m.offset == 0:
+                plan.count += 1
+            if m.kind == "file":
+                plan.size += m.length
+    order = [a.id for a in state.archives_of(s.id)]
+    plan.by_archive = [(archives[aid], work[aid]) for aid in order if aid in work]
+    if plan.missing:
+        plan.warnings.append(
+            f"{plan.missing} entries of session {s.id} are in archives not uploaded yet"
+        )
+    return plan
+
+
+class _Extractor:
+    def __init__(self, to: Path, overwrite: bool) -> None:
+        self.to = os.fsencode(to.resolve())
+        self.overwrite = overwrite
+        self.safe_dirs: set[bytes] = {self.to}
+        self.segments: dict[bytes, ev.Member] = {}
+        self.root = os.geteuid() == 0
+        self.files = 0
+        self.bytes = 0
+
+    def dest(self, rel: bytes) -> bytes:
+        if not rel or any(part in (b"..",) for part in rel.split(b"/")):
+            raise EventbakError(f"refusing unsafe path {ev.show_path(rel)!r} from the catalog")
+        return self.to + b"/" + rel
+
+    def parent_ok(self, dest: bytes) -> None:
+        parent = os.path.dirname(dest)
+        if parent in self.safe_dirs:
+            return
+        self.parent_ok(parent)
+        try:
+            st = os.lstat(parent)
+        except FileNotFoundError:
+            os.mkdir(parent, 0o700)
+            st = os.lstat(parent)
+        if not stat.S_ISDIR(st.st_mode):
+            raise EventbakError(
+                f"cannot restore below {ev.show_path(parent)}: it is not a directory"
+            )
+        self.safe_dirs.add(parent)
+
+    def make_dir(self, item: Item) -> None:
+        dest = self.dest(item.dest)
+        self.parent_ok(dest)
+        try:
+            os.mkdir(dest, 0o700)
+        except FileExistsError:
+            if not stat.S_ISDIR(os.lstat(dest).st_mode):
+                raise EventbakError(
+                    f"cannot restore directory {ev.show_path(dest)}: a file is in the way"
+                ) from None
+        self.safe_dirs.add(dest)
+
+    def _open_new(self, dest: bytes) -> int:
+        flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+        if self.overwrite:
+            if os.path.lexists(dest) and not os.path.isfile(dest):
+                os.unlink(dest)
+            return os.open(dest, flags | os.O_TRUNC, 0o600)
+        return os.open(dest, flags | os.O_EXCL, 0o600)
+
+    def write_file(self, item: Item, data: tarfile.ExFileObject | None) -> None:
+        m = item.member
+        dest = self.dest(item.dest)
+        self.parent_ok(dest)
+        if m.segmented:
+            if dest not in self.segments:
+                os.close(self._open_new(dest))
+                self.segments[dest] = m
+            fd = os.open(dest, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            pos = m.offset
+        else:
+            fd = self._open_new(dest)
+            pos = 0
+        try:
+            left = m.length
+            while left > 0 and data is not None:
+                chunk = data.read(min(_CHUNK, left))
+                if not chunk:
+                    raise EventbakError(f"archive ends inside {ev.show_path(m.path)}")
+                os.pwrite(fd, chunk, pos)
+                pos += len(chunk)
+                left -= len(chunk)
+            self.bytes += m.length
+            if not m.segmented:
+                self._finish_file(fd, dest, m)
+        finally:
+            os.close(fd)
+
+    def _finish_file(self, fd: int, dest: bytes, m: ev.Member) -> None:
+        if self.root:
+            os.fchown(fd, m.uid, m.gid)
+        os.fchmod(fd, m.mode)
+        os.utime(fd, ns=(m.mtime_ns, m.mtime_ns))
+        self.files += 1
+
+    def finish_segments(self) -> None:
+        for dest, m in self.segments.items():
+            fd = os.open(dest, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            try:
+                os.ftruncate(fd, m.size)
+                self._finish_file(fd, dest, m)
+            finally:
+                os.close(fd)
+
+    def symlink(self, item: Item) -> None:
+        m = item.member
+        dest = self.dest(item.dest)
+        self.parent_ok(dest)
+        if self.overwrite and os.path.lexists(dest) and not os.path.isdir(dest):
+            os.unlink(dest)
+        os.symlink(m.target, dest)
+        if self.root:
+            os.chown(dest, m.uid, m.gid, follow_symlinks=False)
+        os.utime(dest, ns=(m.mtime_ns, m.mtime_ns), follow_symlinks=False)
+        self.files += 1
+
+    def hardlink(self, item: Item) -> None:
+        dest = self.dest(item.dest)
+        self.parent_ok(dest)
+        if self.overwrite and os.path.lexists(dest) and not os.path.isdir(dest):
+            os.unlink(dest)
+        os.link(self.dest(item.member.target.lstrip(b"/")), dest, follow_symlinks=False)
+        self.files += 1
+
+    def finish_dirs(self, dirs: list[Item]) -> None:
+        for item in sorted(dirs, key=lambda i: i.dest.count(b"/"), reverse=True):
+            m = item.member
+            dest = self.dest(item.dest)
+            if self.root:
+                os.chown(dest, m.uid, m.gid, follow_symlinks=False)
+            os.chmod(dest, m.mode)
+            os.utime(dest, ns=(m.mtime_ns, m.mtime_ns))
+
+
+def verify_archive(vault: Vault, a: ArchiveState) -> None:
+    h = hashlib.sha256()
+    with vault.open(a.key) as f:
+        while chunk := f.read(4 * _CHUNK):
+            h.update(chunk)
+    if h.hexdigest() != a.sha256:
+        raise VaultError(
+            f"archive {a.id} in {a.vault} is damaged: sha256 {h.hexdigest()}, expected {a.sha256}"
+        )
+
+
+def _extract_archive(
+    vault: Vault, a: ArchiveState, wanted: dict[bytes, list[Item]], ex: _Extractor
+) -> None:
+    verify_archive(vault, a)
+    with vault.open(a.key) as raw:
+        stream = raw
+        if a.compression != "none":
+            stream = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)
+        try:
+            with tarfile.open(fileobj=stream, mode="r|", errorlevel=2) as tf:
+                left = sum(len(v) for v in wanted.values())
+                for ti in tf:
+                    items = wanted.get(ti.name.encode("utf-8", "surrogateescape"))
+                    if not items:
+                        continue
+                    for item in items:
+                        kind = item.member.kind
+                        if kind == "file":
+                            ex.write_file(item, tf.extractfile(ti))
+                        elif kind == "symlink":
+                            ex.symlink(item)
+                        left -= 1
+                    if left == 0:
+                        break
+        except (tarfile.TarError, zstandard.ZstdError) as exc:
+            raise VaultError(f"archive {a.id} cannot be read: {exc}") from None
+    if left:
+        raise VaultError(f"archive {a.id} lacks {left} members its catalog lists")
+
+
+@dataclass
+class RestoreReport:
+    session: str
+    files: int
+    bytes: int
+    elapsed: float
+    warnings: list[str]
+
+
+def restore(
+    state: State,
+    patterns: list[bytes],
+    to: Path,
+    session: str | None = None,
+    overwrite: bool = False,
+) -> RestoreReport:
+    started = time.monotonic()
+    plan = plan_restore(state, patterns, session)
+    to.mkdir(parents=True, exist_ok=True)
+    ex = _Extractor(to, overwrite)
+    if not overwrite:
+        clashes = [
+            ex.dest(i.dest)
+            for _, wanted in plan.by_archive
+            for items in wanted.values()
+            for i in items
+            if not i.member.segmented or i.member.offset == 0
+        ] + [ex.dest(i.dest) for i in plan.links]
+        existing = [d for d in clashes if os.path.lexists(d)]
+        if existing:
+            raise UsageError(
+                f"{len(existing)} files to restore already exist (first: "
+                f"{ev.show_path(existing[0])}); use --overwrite to replace them"
+            )
+    vaults: dict[str, Vault] = {}
+    try:
+        for item in sorted(plan.dirs, key=lambda i: i.dest.count(b"/")):
+            ex.make_dir(item)
+        for a, wanted in plan.by_archive:
+            vault = vaults.get(a.vault) or vaults.setdefault(a.vault, open_vault(a.vault))
+            _extract_archive(vault, a, wanted, ex)
+        ex.finish_segments()
+        for item in plan.links:
+            ex.hardlink(item)
+        ex.finish_dirs(plan.dirs)
+    except OSError as exc:
+        raise EventbakError(f"restore failed: {exc.strerror} ({exc.filename!s})") from None
+    return RestoreReport(
+        plan.session.id, ex.files + len(plan.dirs), ex.bytes, time.monotonic() - started,
+        plan.warnings,
+    )

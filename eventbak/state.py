@@ -1,0 +1,375 @@
+"""The state of everything eventbak did, as a fold over the event log.
+
+Rule 1: every lifecycle and every state change lives in this module, and
+none of it does I/O. The live pipeline and `eventbak replay` both call
+`apply(state, event)`, so what the daemon believes and what replay
+reconstructs cannot drift apart.
+
+Theory of operation
+-------------------
+Two lifecycles, each a `transitions` state machine declared as a table:
+
+* A **session** is one backup of one dataset into one vault. It is opened
+  `running`; it is `paused` by a signal or a deadline and `running` again
+  when resumed; it ends `completed` (every entry stored or skipped),
+  `failed` (an error it could not get past) or `abandoned` (a deliberate
+  new session replaced it). A crash leaves it `running` in the log: the next
+  start resumes it from there (`SessionResumed(after="crash")`).
+* An **archive** is `building` in staging, `sealed` once durable there with
+  its member list (the catalog), `uploading` while the vault receives it and
+  `uploaded` when the vault confirmed its checksum. A building archive lost
+  in a crash, or a sealed one whose staged bytes are gone or wrong, is
+  `discarded` and its members are packed again.
+
+Each event names one trigger of one machine (`_TRIGGERS`). An event that is
+illegal in the current state raises `IllegalTransition`: that is a bug or a
+damaged log, never something to skip.
+
+The fold mutates and returns the state it is given (replaying a million
+events by copying would be too slow); it is deterministic and I/O-free.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from transitions import Machine, MachineError
+
+from eventbak import events as ev
+
+SESSION_STATES = ["new", "running", "paused", "completed", "failed", "abandoned"]
+SESSION_TABLE: list[tuple[str, str | list[str], str]] = [
+    # trigger    source(s)                          destination
+    ("open", "new", "running"),
+    ("pause", "running", "paused"),
+    ("resume", ["paused", "running"], "running"),  # from running: after a crash
+    ("complete", "running", "completed"),
+    ("fail", "running", "failed"),
+    ("abandon", ["running", "paused", "failed"], "abandoned"),
+]
+
+ARCHIVE_STATES = ["new", "building", "sealed", "uploading", "uploaded", "discarded"]
+ARCHIVE_TABLE: list[tuple[str, str | list[str], str]] = [
+    ("start", "new", "building"),
+    ("seal", "building", "sealed"),
+    ("begin_upload", ["sealed", "uploading"], "uploading"),  # again after a crash
+    ("confirm_upload", "uploading", "uploaded"),
+    ("discard", ["building", "sealed", "uploading"], "discarded"),
+]
+
+SESSION_FINAL = frozenset({"completed", "failed", "abandoned"})
+
+
+class IllegalTransition(Exception):
+    """An event that its lifecycle does not allow in the current state."""
+
+    def __init__(self, what: str, state: str, trigger: str, event: ev.Event) -> None:
+        super().__init__(
+            f"{ev.event_name(event)} is illegal for {what} in state {state!r} "
+            f"(trigger {trigger!r})"
+        )
+        self.event = event
+
+
+class _Cursor:
+    """The one model object a lifecycle machine steps; states live in the fold."""
+
+    state: str
+
+
+class Lifecycle:
+    """A `transitions` machine built from a table, used to step stored states."""
+
+    def __init__(
+        self, name: str, states: list[str], table: list[tuple[str, str | list[str], str]]
+    ) -> None:
+        self.name = name
+        self.states = states
+        self.table = table
+        self._model = _Cursor()
+        self.machine = Machine(
+            model=self._model,
+            states=states,
+            transitions=[{"trigger": t, "source": s, "dest": d} for t, s, d in table],
+            initial=states[0],
+            auto_transitions=False,
+            send_event=False,
+        )
+
+    def step(self, what: str, state: str, trigger: str, event: ev.Event) -> str:
+        """The state after `trigger` from `state`, or IllegalTransition."""
+        self.machine.set_state(state, model=self._model)
+        try:
+            ok = self._model.trigger(trigger)  # type: ignore[attr-defined]
+        except MachineError:
+            ok = False
+        if not ok:
+            raise IllegalTransition(what, state, trigger, event)
+        return str(self._model.state)
+
+
+SESSION_MACHINE = Lifecycle("session", SESSION_STATES, SESSION_TABLE)
+ARCHIVE_MACHINE = Lifecycle("archive", ARCHIVE_STATES, ARCHIVE_TABLE)
+
+
+@dataclass
+class SessionState:
+    id: str
+    dataset: str
+    vault: str
+    paths: list[bytes]
+    exclude: list[str]
+    archive_size: int
+    compression: str
+    opened_at: float
+    state: str = "new"
+    updated_at: float = 0.0
+    archives: list[str] = field(default_factory=list)
+    files: int = 0
+    bytes: int = 0
+    archives_uploaded: int = 0
+    bytes_uploaded: int = 0
+    skipped: list[tuple[bytes, str]] = field(default_factory=list)
+    changed: list[tuple[bytes, str]] = field(default_factory=list)
+    pauses: list[str] = field(default_factory=list)
+    crashes: int = 0
+    last_member: ev.Member | None = None
+    error: str = ""
+
+    @property
+    def interruptions(self) -> int:
+        return len(self.pauses) + self.crashes
+
+    @property
+    def unfinished(self) -> bool:
+        return self.state in ("running", "paused")
+
+
+@dataclass
+class ArchiveState:
+    id: str
+    session: str
+    index: int
+    state: str = "new"
+    started_at: float = 0.0
+    staged: str = ""
+    size: int = 0
+    raw_size: int = 0
+    sha256: str = ""
+    compression: str = ""
+    members: list[ev.Member] = field(default_factory=list)
+    sealed_at: float = 0.0
+    vault: str = ""
+    key: str = ""
+    uploaded_at: float = 0.0
+    discard_reason: str = ""
+
+
+@dataclass
+class State:
+    sessions: dict[str, SessionState] = field(default_factory=dict)
+    archives: dict[str, ArchiveState] = field(default_factory=dict)
+    seq: int = 0
+    truncations: list[tuple[int, int]] = field(default_factory=list)
+
+    @property
+    def last_session(self) -> SessionState | None:
+        return next(reversed(self.sessions.values()), None)
+
+    def unfinished_sessions(self) -> list[SessionState]:
+        return [s for s in self.sessions.values() if s.unfinished]
+
+    def archives_of(self, session: str) -> list[ArchiveState]:
+        s = self.sessions[session]
+        return [self.archives[a] for a in s.archives]
+
+
+def _session(state: State, sid: str, event: ev.Event) -> SessionState:
+    try:
+        return state.sessions[sid]
+    except KeyError:
+        raise IllegalTransition(f"unknown session {sid}", "absent", "-", event) from None
+
+
+def _archive(state: State, aid: str, event: ev.Event) -> ArchiveState:
+    try:
+        return state.archives[aid]
+    except KeyError:
+        raise IllegalTransition(f"unknown archive {aid}", "absent", "-", event) from None
+
+
+def _step_session(s: SessionState, trigger: str, event: ev.Event) -> None:
+    s.state = SESSION_MACHINE.step(f"session {s.id}", s.state, trigger, event)
+    s.updated_at = event.at
+
+
+def _step_archive(a: ArchiveState, trigger: str, event: ev.Event) -> None:
+    a.state = ARCHIVE_MACHINE.step(f"archive {a.id}", a.state, trigger, event)
+
+
+def apply(state: State, event: ev.Event) -> State:
+    """Fold one event into `state` (in place) and return it."""
+    state.seq += 1
+    handler = _HANDLERS[type(event)]
+    handler(state, event)
+    return state
+
+
+def _opened(state: State, e: Any) -> None:
+    if e.session in state.sessions:
+        raise IllegalTransition(f"session {e.session}", "exists", "open", e)
+    s = SessionState(
+        id=e.session,
+        dataset=e.dataset,
+        vault=e.vault,
+        paths=list(e.paths),
+        exclude=list(e.exclude),
+        archive_size=e.archive_size,
+        compression=e.compression,
+        opened_at=e.at,
+    )
+    _step_session(s, "open", e)
+    state.sessions[e.session] = s
+
+
+def _resumed(state: State, e: Any) -> None:
+    s = _session(state, e.session, e)
+    if e.after == "crash":
+        s.crashes += 1
+    _step_session(s, "resume", e)
+
+
+def _paused(state: State, e: Any) -> None:
+    s = _session(state, e.session, e)
+    _step_session(s, "pause", e)
+    s.pauses.append(e.reason)
+
+
+def _completed(state: State, e: Any) -> None:
+    _step_session(_session(state, e.session, e), "complete", e)
+
+
+def _failed(state: State, e: Any) -> None:
+    s = _session(state, e.session, e)
+    _step_session(s, "fail", e)
+    s.error = e.error
+
+
+def _abandoned(state: State, e: Any) -> None:
+    s = _session(state, e.session, e)
+    _step_session(s, "abandon", e)
+    s.error = e.reason
+
+
+def _skipped(state: State, e: Any) -> None:
+    _session(state, e.session, e).skipped.append((e.path, e.reason))
+
+
+def _changed(state: State, e: Any) -> None:
+    _session(state, e.session, e).changed.append((e.path, e.detail))
+
+
+def _started(state: State, e: Any) -> None:
+    s = _session(state, e.session, e)
+    if e.archive in state.archives:
+        raise IllegalTransition(f"archive {e.archive}", "exists", "start", e)
+    a = ArchiveState(id=e.archive, session=e.session, index=e.index, started_at=e.at)
+    _step_archive(a, "start", e)
+    state.archives[e.archive] = a
+    s.archives.append(e.archive)
+
+
+def _sealed(state: State, e: Any) -> None:
+    a = _archive(state, e.archive, e)
+    _step_archive(a, "seal", e)
+    a.staged = e.staged
+    a.size = e.size
+    a.raw_size = e.raw_size
+    a.sha256 = e.sha256
+    a.compression = e.compression
+    a.members = e.members
+    a.sealed_at = e.at
+    s = state.sessions[a.session]
+    for m in e.members:
+        if m.kind == "file":
+            if m.offset == 0:
+                s.files += 1
+            s.bytes += m.length
+        elif m.kind == "hardlink":
+            s.files += 1
+    if e.members:
+        s.last_member = e.members[-1]
+
+
+def _discarded(state: State, e: Any) -> None:
+    a = _archive(state, e.archive, e)
+    _step_archive(a, "discard", e)
+    a.discard_reason = e.reason
+    if a.members:  # its members no longer count as stored
+        s = state.sessions[a.session]
+        for m in a.members:
+            if m.kind == "file":
+                if m.offset == 0:
+                    s.files -= 1
+                s.bytes -= m.length
+            elif m.kind == "hardlink":
+                s.files -= 1
+
+
+def _upload_started(state: State, e: Any) -> None:
+    a = _archive(state, e.archive, e)
+    _step_archive(a, "begin_upload", e)
+    a.vault = e.vault
+    a.key = e.key
+
+
+def _uploaded(state: State, e: Any) -> None:
+    a = _archive(state, e.archive, e)
+    _step_archive(a, "confirm_upload", e)
+    a.vault = e.vault
+    a.key = e.key
+    a.uploaded_at = e.at
+    s = state.sessions[a.session]
+    s.archives_uploaded += 1
+    s.bytes_uploaded += e.size
+
+
+def _truncated(state: State, e: Any) -> None:
+    state.truncations.append((e.offset, e.dropped))
+
+
+_HANDLERS: dict[type, Any] = {
+    ev.SessionOpened: _opened,
+    ev.SessionResumed: _resumed,
+    ev.SessionPaused: _paused,
+    ev.SessionCompleted: _completed,
+    ev.SessionFailed: _failed,
+    ev.SessionAbandoned: _abandoned,
+    ev.EntrySkipped: _skipped,
+    ev.EntryChanged: _changed,
+    ev.ArchiveStarted: _started,
+    ev.ArchiveSealed: _sealed,
+    ev.ArchiveDiscarded: _discarded,
+    ev.UploadStarted: _upload_started,
+    ev.ArchiveUploaded: _uploaded,
+    ev.LogTailTruncated: _truncated,
+}
+
+
+def fold(events: list[ev.Event], state: State | None = None) -> State:
+    state = state if state is not None else State()
+    for e in events:
+        apply(state, e)
+    return state
+
+
+def describe_machines() -> str:
+    """The lifecycle tables as text (for docs and `eventbak replay --machines`)."""
+    lines: list[str] = []
+    for lc in (SESSION_MACHINE, ARCHIVE_MACHINE):
+        lines.append(f"{lc.name}: states {', '.join(lc.states)}")
+        for trigger, src, dst in lc.table:
+            srcs = src if isinstance(src, str) else " | ".join(src)
+            lines.append(f"  {srcs:<30} --{trigger}--> {dst}")
+    return "\n".join(lines)

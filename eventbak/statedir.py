@@ -1,0 +1,100 @@
+"""The state directory: the event log, the staging area and the lock.
+
+    <state dir>/events.log     the event log (log.py)
+    <state dir>/staging/       archives being built (*.partial) or sealed
+    <state dir>/lock           held (flock) by the one process writing the log
+
+`StateDir.open` takes the lock, opens the log (cutting a torn tail), and
+folds it into `state`. `record` applies an event to the state *before*
+buffering it, so an illegal event raises and is never written.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import time
+from pathlib import Path
+
+from eventbak import events as ev
+from eventbak.errors import LockedError, UsageError
+from eventbak.log import EventLog, LogImage, TornTail, read_log
+from eventbak.state import State, apply
+
+LOG_NAME = "events.log"
+
+
+def log_path(root: Path) -> Path:
+    return root / LOG_NAME
+
+
+def read_state(root: Path, until: int | None = None) -> tuple[State, LogImage]:
+    """Fold the log without taking the lock or changing anything (read-only commands)."""
+    image = read_log(log_path(root), until)
+    state = State()
+    for rec in image.records:
+        apply(state, rec.event)
+    return state, image
+
+
+class StateDir:
+    def __init__(self, root: Path, lock_fd: int, log: EventLog, state: State, torn: TornTail | None):
+        self.root = root
+        self._lock_fd = lock_fd
+        self.log = log
+        self.state = state
+        self.torn = torn
+        self.staging = root / "staging"
+
+    @classmethod
+    def open(cls, root: Path) -> StateDir:
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            (root / "staging").mkdir(exist_ok=True)
+        except OSError as exc:
+            raise UsageError(f"state dir {root}: {exc.strerror}") from None
+        lock_fd = _lock(root / "lock")
+        try:
+            log, image = EventLog.open(log_path(root))
+            state = State()
+            for rec in image.records:
+                apply(state, rec.event)
+        except BaseException:
+            os.close(lock_fd)
+            raise
+        sd = cls(root, lock_fd, log, state, image.torn)
+        torn = image.torn
+        if torn is not None and torn.offset > 0:
+            sd.record(ev.LogTailTruncated(at=time.time(), offset=torn.offset, dropped=torn.dropped))
+            sd.commit()
+        return sd
+
+    def record(self, event: ev.Event) -> None:
+        apply(self.state, event)
+        self.log.append(event)
+
+    def commit(self) -> None:
+        self.log.commit()
+
+    def close(self) -> None:
+        self.log.close()
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)
+            self._lock_fd = -1
+
+
+def _lock(path: Path) -> int:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        try:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+        finally:
+            os.close(fd)
+        raise LockedError(
+            f"state dir {path.parent} is in use by another eventbak process (pid {holder})"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd

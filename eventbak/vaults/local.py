@@ -1,0 +1,116 @@
+"""The local vault: a directory (another disk, a NAS mount), `file:///path`.
+
+Layout: `archives/<session>/<archive id>.tar.zst` (see docs/formats.md).
+Writes are atomic: a temporary name in the same directory, fsync, rename,
+fsync of the directory. When staging and vault share a filesystem the
+staged file is hard-linked instead of copied (same bytes, no copy). Either
+way the stored file is read back and hashed before the upload is confirmed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from pathlib import Path
+from typing import BinaryIO
+
+from eventbak.errors import VaultError
+from eventbak.vaults.base import Stored
+
+_HASH_CHUNK = 4 * 1024 * 1024
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb", buffering=0) as f:
+        buf = bytearray(_HASH_CHUNK)
+        view = memoryview(buf)
+        while n := f.readinto(buf):
+            h.update(view[:n])
+    return h.hexdigest()
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class LocalVault:
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.root = Path(url[len("file://") :])
+
+    def __repr__(self) -> str:
+        return f"LocalVault({self.root})"
+
+    def prepare(self) -> None:
+        try:
+            (self.root / "archives").mkdir(parents=True, exist_ok=True)
+            probe = self.root / f".eventbak-probe-{os.getpid()}"
+            fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                os.write(fd, b"probe")
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+                probe.unlink(missing_ok=True)
+        except OSError as exc:
+            raise VaultError(
+                f"vault {self.root} is not writable: {exc.strerror or exc}"
+            ) from None
+
+    def key_for(self, session: str, archive: str, suffix: str) -> str:
+        return f"archives/{session}/{archive}{suffix}"
+
+    def _path(self, key: str) -> Path:
+        parts = key.split("/")
+        if not key or any(p in ("", ".", "..") for p in parts):
+            raise VaultError(f"bad vault key {key!r}")
+        return self.root.joinpath(*parts)
+
+    def put(self, key: str, source: Path, sha256: str) -> Stored:
+        dest = self._path(key)
+        try:
+            if dest.exists() and sha256_file(dest) == sha256:
+                return Stored(key, dest.stat().st_size, sha256)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
+            tmp.unlink(missing_ok=True)
+            try:
+                os.link(source, tmp)
+            except OSError:
+                shutil.copyfile(source, tmp)
+                fd = os.open(tmp, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            os.replace(tmp, dest)
+            _fsync_dir(dest.parent)
+            confirmed = sha256_file(dest)
+            size = dest.stat().st_size
+        except OSError as exc:
+            raise VaultError(f"vault {self.root}: cannot store {key}: {exc.strerror or exc}") from None
+        if confirmed != sha256:
+            raise VaultError(
+                f"vault {self.root}: {key} reads back with sha256 {confirmed}, expected {sha256}"
+            )
+        return Stored(key, size, confirmed)
+
+    def stat(self, key: str) -> int | None:
+        try:
+            return self._path(key).stat().st_size
+        except FileNotFoundError:
+            return None
+
+    def open(self, key: str) -> BinaryIO:
+        try:
+            return open(self._path(key), "rb")  # noqa: SIM115 - the caller closes it
+        except FileNotFoundError:
+            raise VaultError(f"vault {self.root}: archive {key} is missing") from None
+        except OSError as exc:
+            raise VaultError(f"vault {self.root}: cannot read {key}: {exc.strerror}") from None

@@ -41,14 +41,53 @@ PAXTYPE = b"x"
 #: Name suffixes of formats that are already compressed.
 MEDIA_SUFFIXES = frozenset(
     s.encode()
-    for s in (
-        ".jpg .jpeg .png .gif .webp .heic .heif .avif .mp4 .m4v .mkv .mov .avi .webm "
-        ".mp3 .m4a .aac .ogg .opus .flac .zip .gz .tgz .bz2 .xz .zst .7z .rar .lz4 "
-        ".jar .apk .docx .xlsx .pptx .odt .pdf .deb .rpm .dmg .iso .woff2"
-    ).split()
+    for s in [
+        ".jpg",
+        ".jpeg",
+        ".png",
+        ".gif",
+        ".webp",
+        ".heic",
+        ".heif",
+        ".avif",
+        ".mp4",
+        ".m4v",
+        ".mkv",
+        ".mov",
+        ".avi",
+        ".webm",
+        ".mp3",
+        ".m4a",
+        ".aac",
+        ".ogg",
+        ".opus",
+        ".flac",
+        ".zip",
+        ".gz",
+        ".tgz",
+        ".bz2",
+        ".xz",
+        ".zst",
+        ".7z",
+        ".rar",
+        ".lz4",
+        ".jar",
+        ".apk",
+        ".docx",
+        ".xlsx",
+        ".pptx",
+        ".odt",
+        ".pdf",
+        ".deb",
+        ".rpm",
+        ".dmg",
+        ".iso",
+        ".woff2",
+    ]
 )
 MEDIA_LEVEL = -1
 _TEXT, _MEDIA = 0, 1
+_MAX_MTIME = 8**11 - 1
 
 
 def is_media(path: bytes) -> bool:
@@ -129,17 +168,18 @@ def tar_header(
     if len(linkname) > 100:
         pax.append(_pax_record(b"linkpath", linkname))
         linkname = linkname[:100]
-    fields = []
-    for key, value, width in ((b"uid", uid, 8), (b"gid", gid, 8), (b"size", size, 12)):
+    fields: list[bytes] = []
+    for key, value, width in (
+        (b"uid", uid, 8),
+        (b"gid", gid, 8),
+        (b"size", size, 12),
+        (b"mtime", mtime, 12),
+    ):
         enc = _octal(value, width)
         if enc is None:
             pax.append(_pax_record(key, str(value).encode()))
-            enc = _octal(0, width)
+            enc = b"0" * (width - 1) + b"\0"
         fields.append(enc)
-    enc_mtime = _octal(mtime, 12)
-    if enc_mtime is None:
-        pax.append(_pax_record(b"mtime", str(mtime).encode()))
-        enc_mtime = _octal(0, 12)
     if pax and not (_utf8(name) and _utf8(linkname)):
         pax.insert(0, _pax_record(b"hdrcharset", b"BINARY"))
     mode_enc = _octal(mode & 0o7777, 8)
@@ -151,7 +191,7 @@ def tar_header(
             fields[0],
             fields[1],
             fields[2],
-            enc_mtime,
+            fields[3],
             b"        ",
             typeflag,
             linkname.ljust(100, b"\0"),
@@ -166,7 +206,7 @@ def tar_header(
         return header
     records = b"".join(pax)
     pax_name = (b"PaxHeaders/" + short.rsplit(b"/", 1)[-1])[:100]
-    head = tar_header(pax_name, PAXTYPE, 0o644, 0, 0, len(records), max(mtime, 0))
+    head = tar_header(pax_name, PAXTYPE, 0o644, 0, 0, len(records), min(max(mtime, 0), _MAX_MTIME))
     return head + records + b"\0" * (padded(len(records)) - len(records)) + header
 
 
@@ -218,7 +258,11 @@ class ArchiveWriter:
             for level in levels:
                 cctx = zstandard.ZstdCompressor(level=level, write_checksum=True)
                 self._writers.append(
-                    cctx.stream_writer(self._sink, closefd=False, write_return_read=True)
+                    cctx.stream_writer(
+                        self._sink,  # type: ignore[arg-type]
+                        closefd=False,
+                        write_return_read=True,
+                    )
                 )
 
     @staticmethod

@@ -203,8 +203,14 @@ class Packer:
         cur.writer.write(header)
         cur.members.append(
             ev.Member(
-                entry.path, kind, stat.S_IMODE(st.st_mode), st.st_mtime_ns, 0,
-                st.st_uid, st.st_gid, target,
+                entry.path,
+                kind,
+                stat.S_IMODE(st.st_mode),
+                st.st_mtime_ns,
+                0,
+                st.st_uid,
+                st.st_gid,
+                target,
             )
         )
 
@@ -256,8 +262,14 @@ class Packer:
         cur.writer.write(header)
         cur.members.append(
             ev.Member(
-                path, "hardlink", stat.S_IMODE(st.st_mode), st.st_mtime_ns, st.st_size,
-                st.st_uid, st.st_gid, first,
+                path,
+                "hardlink",
+                stat.S_IMODE(st.st_mode),
+                st.st_mtime_ns,
+                st.st_size,
+                st.st_uid,
+                st.st_gid,
+                first,
             )
         )
         self.progress.files += 1
@@ -276,6 +288,7 @@ class Packer:
             cur.writer.select(path)
             cur.writer.write(whole)
             self._copy(fd, cur, size, changed)
+            _check_unchanged(fd, st, changed)
             self._add_member(cur, path, st, 0, size, changed)
         else:
             offset = 0
@@ -284,7 +297,12 @@ class Packer:
                 cur.writer.tighten()
                 header = ar.tar_header(
                     ar.member_name(path, "file", offset),
-                    ar.REGTYPE, st.st_mode, st.st_uid, st.st_gid, size, mtime,
+                    ar.REGTYPE,
+                    st.st_mode,
+                    st.st_uid,
+                    st.st_gid,
+                    size,
+                    mtime,
                 )  # size field is a placeholder: the real one is below
                 # largest n with worst_case(n) <= room, then the payload in whole blocks
                 most = (cur.writer.room() - 64) * 16384 // 16385
@@ -296,20 +314,22 @@ class Packer:
                     continue
                 header = ar.tar_header(
                     ar.member_name(path, "file", offset),
-                    ar.REGTYPE, st.st_mode, st.st_uid, st.st_gid, length, mtime,
+                    ar.REGTYPE,
+                    st.st_mode,
+                    st.st_uid,
+                    st.st_gid,
+                    length,
+                    mtime,
                 )
                 cur.writer.select(path)
                 cur.writer.write(header)
                 self._copy(fd, cur, length, changed)
-                self._add_member(cur, path, st, offset, length, changed)
                 offset += length
                 if offset >= size:
+                    _check_unchanged(fd, st, changed)
+                self._add_member(cur, path, st, offset - length, length, changed)
+                if offset >= size:
                     break
-        after = os.fstat(fd)
-        if after.st_size != size or after.st_mtime_ns != st.st_mtime_ns:
-            changed.append(
-                f"size {size} -> {after.st_size}" if after.st_size != size else "modified"
-            )
         if changed:
             self._out.append(
                 ev.EntryChanged(
@@ -318,13 +338,27 @@ class Packer:
             )
 
     def _add_member(
-        self, cur: _Open, path: bytes, st: os.stat_result, offset: int, length: int,
+        self,
+        cur: _Open,
+        path: bytes,
+        st: os.stat_result,
+        offset: int,
+        length: int,
         changed: list[str],
     ) -> None:
         cur.members.append(
             ev.Member(
-                path, "file", stat.S_IMODE(st.st_mode), st.st_mtime_ns, st.st_size,
-                st.st_uid, st.st_gid, b"", offset, length, bool(changed),
+                path,
+                "file",
+                stat.S_IMODE(st.st_mode),
+                st.st_mtime_ns,
+                st.st_size,
+                st.st_uid,
+                st.st_gid,
+                b"",
+                offset,
+                length,
+                bool(changed),
             )
         )
         if offset == 0:
@@ -354,6 +388,14 @@ class Packer:
         pad = ar.padded(length) - length
         if pad:
             write(b"\0" * pad)
+
+
+def _check_unchanged(fd: int, st: os.stat_result, changed: list[str]) -> None:
+    after = os.fstat(fd)
+    if after.st_size != st.st_size:
+        changed.append(f"size {st.st_size} -> {after.st_size}")
+    elif after.st_mtime_ns != st.st_mtime_ns and not changed:
+        changed.append("modified while read")
 
 
 def _fsync_dir(path: Path) -> None:

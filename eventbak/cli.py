@@ -80,18 +80,24 @@ def _when(t: float) -> str:
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
-    "--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
-    envvar="EVENTBAK_CONFIG", help="TOML config file (env EVENTBAK_CONFIG).",
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    envvar="EVENTBAK_CONFIG",
+    help="TOML config file (env EVENTBAK_CONFIG).",
 )
 @click.option(
-    "--state-dir", type=click.Path(file_okay=False, path_type=Path),
+    "--state-dir",
+    type=click.Path(file_okay=False, path_type=Path),
     envvar="EVENTBAK_STATE_DIR",
     help="Where the event log and staging live (env EVENTBAK_STATE_DIR).",
 )
 @click.option("-v", "--verbose", count=True, help="More detail (repeat for more).")
 @click.version_option(__version__, prog_name="eventbak")
 @click.pass_context
-def main(ctx: click.Context, config_path: Path | None, state_dir: Path | None, verbose: int) -> None:
+def main(
+    ctx: click.Context, config_path: Path | None, state_dir: Path | None, verbose: int
+) -> None:
     """Event-sourced backups into local, S3 and Glacier vaults."""
     try:
         config = load_config(config_path) if config_path else Config()
@@ -106,7 +112,10 @@ def main(ctx: click.Context, config_path: Path | None, state_dir: Path | None, v
 
 
 def _requests(
-    c: Ctx, paths: tuple[str, ...], vault: str | None, archive_size: str | None,
+    c: Ctx,
+    paths: tuple[str, ...],
+    vault: str | None,
+    archive_size: str | None,
     compression: str | None,
 ) -> list[BackupRequest]:
     try:
@@ -142,8 +151,12 @@ def _requests(
         url, size = vault_for(None)
         return [
             BackupRequest(
-                "cli", sources(list(paths), "backup"), url, size,
-                comp_override or Compression("auto"), [],
+                "cli",
+                sources(list(paths), "backup"),
+                url,
+                size,
+                comp_override or Compression("auto"),
+                [],
             )
         ]
     if not cfg.datasets:
@@ -153,8 +166,12 @@ def _requests(
         url, size = vault_for(ds.vault)
         reqs.append(
             BackupRequest(
-                ds.name, sources(ds.paths, f"dataset {ds.name}"), url, size,
-                comp_override or parse_compression(ds.compression), list(ds.exclude),
+                ds.name,
+                sources(ds.paths, f"dataset {ds.name}"),
+                url,
+                size,
+                comp_override or parse_compression(ds.compression),
+                list(ds.exclude),
             )
         )
     return reqs
@@ -189,9 +206,7 @@ def _summary(o: Outcome) -> dict[str, Any]:
         "bytes": s.bytes,
         "archives": s.archives_uploaded,
         "bytes_uploaded": s.bytes_uploaded,
-        "skipped": [
-            {"path": ev.show_path(p), "reason": r} for p, r in s.skipped
-        ],
+        "skipped": [{"path": ev.show_path(p), "reason": r} for p, r in s.skipped],
         "changed": [{"path": ev.show_path(p), "detail": d} for p, d in s.changed],
         "elapsed": round(o.elapsed, 3),
         "mb_per_s": round(s.bytes / o.elapsed / 1e6, 1) if o.elapsed > 0 else 0.0,
@@ -207,8 +222,12 @@ def _summary(o: Outcome) -> dict[str, Any]:
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary instead of text.")
 @click.pass_obj
 def backup(
-    c: Ctx, paths: tuple[str, ...], vault: str | None, archive_size: str | None,
-    compression: str | None, as_json: bool,
+    c: Ctx,
+    paths: tuple[str, ...],
+    vault: str | None,
+    archive_size: str | None,
+    compression: str | None,
+    as_json: bool,
 ) -> None:
     """Back up PATHs (or every dataset of the config) in one session."""
     reqs = _requests(c, paths, vault, archive_size, compression)
@@ -273,14 +292,23 @@ def _print_outcome(o: Outcome) -> None:
 
 @main.command()
 @click.argument("patterns", nargs=-1)
-@click.option("--to", "to", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Directory to restore into (entries land at DIR/<original path>).")
+@click.option(
+    "--to",
+    "to",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Directory to restore into (entries land at DIR/<original path>).",
+)
 @click.option("--session", help="Restore this session (id or unique prefix), not the latest.")
 @click.option("--overwrite", is_flag=True, help="Replace files that already exist.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
 @click.pass_obj
 def restore(
-    c: Ctx, patterns: tuple[str, ...], to: Path, session: str | None, overwrite: bool,
+    c: Ctx,
+    patterns: tuple[str, ...],
+    to: Path,
+    session: str | None,
+    overwrite: bool,
     as_json: bool,
 ) -> None:
     """Restore the latest backup (or --session) of everything, or of PATH_OR_GLOBs."""
@@ -343,8 +371,7 @@ def inspect(c: Ctx, vault: str | None, as_json: bool) -> None:
     if not by_vault:
         click.echo("no archives" + (f" in {vault}" if vault else ""))
     for url, rows in by_vault.items():
-        click.echo(f"vault {url}: {len(rows)} archives, "
-                   f"{_human(sum(r['size'] for r in rows))}")
+        click.echo(f"vault {url}: {len(rows)} archives, {_human(sum(r['size'] for r in rows))}")
         for r in rows:
             click.echo(
                 f"  {r['id']}  {r['state']:<9} {_human(r['size']):>10} {r['members']:>7} members"
@@ -453,7 +480,7 @@ def replay(c: Ctx, as_json: bool, verify: bool, until: int | None, machines: boo
             click.echo(json.dumps({"seq": rec.seq, "offset": rec.offset, **d}))
         else:
             click.echo(_event_line(rec.seq, rec.offset, rec.event))
-    summary = {
+    summary: dict[str, Any] = {
         "events": len(image.records),
         "bytes": image.size,
         "sessions": {s.id: s.state for s in state.sessions.values()},
@@ -466,11 +493,15 @@ def replay(c: Ctx, as_json: bool, verify: bool, until: int | None, machines: boo
         click.echo(f"-- {summary['events']} events, {image.size} bytes")
         for sid, st in summary["sessions"].items():
             click.echo(f"   session {sid}: {st}")
-        click.echo("   archives: " + (", ".join(
-            f"{n} {k}" for k, n in summary["archives"].items()) or "none"))
+        click.echo(
+            "   archives: "
+            + (", ".join(f"{n} {k}" for k, n in summary["archives"].items()) or "none")
+        )
     if image.torn is not None:
-        msg = (f"torn final record at offset {image.torn.offset} "
-               f"({image.torn.dropped} bytes: {image.torn.reason})")
+        msg = (
+            f"torn final record at offset {image.torn.offset} "
+            f"({image.torn.dropped} bytes: {image.torn.reason})"
+        )
         if verify:
             click.echo(f"verify: FAILED at offset {image.torn.offset}: {msg}")
             sys.exit(1)
@@ -484,4 +515,3 @@ def _count_states(state: State) -> dict[str, int]:
     for a in state.archives.values():
         counts[a.state] = counts.get(a.state, 0) + 1
     return counts
-

@@ -135,7 +135,8 @@ def load_config(path: Path) -> Config:
 
 
 def _explain(msg: str) -> str:
-    # msgspec: "Object contains unknown field `x` - at `$.vaults.a`" / "Expected `str`, got `int` - at `$.y`"
+    # msgspec says e.g. "Object contains unknown field `x` - at `$.vaults.a`"
+    # or "Expected `str`, got `int` - at `$.y`"
     m = re.match(r"^(.*?) - at `([^`]*)`$", msg)
     if not m:
         return msg

@@ -237,7 +237,9 @@ class Session:
         if error is not None:
             self._drop_partial()
             why = _describe(error)
-            self.sd.record(ev.SessionPaused(at=time.time(), session=self.id, reason=f"error: {why}"))
+            self.sd.record(
+                ev.SessionPaused(at=time.time(), session=self.id, reason=f"error: {why}")
+            )
             self.sd.commit()
             return Outcome(session, time.monotonic() - self.started, why)
         self.sd.record(
@@ -259,11 +261,11 @@ class Session:
             if not isinstance(out, Sealed):
                 self.sd.record(out)
         aid = self.packer.abort()
-        if aid is not None and self.sd.state.archives.get(aid) is not None:
-            if self.sd.state.archives[aid].state == "building":
-                self.sd.record(
-                    ev.ArchiveDiscarded(at=time.time(), archive=aid, reason="session stopped")
-                )
+        a = self.sd.state.archives.get(aid) if aid is not None else None
+        if a is not None and a.state == "building":
+            self.sd.record(
+                ev.ArchiveDiscarded(at=time.time(), archive=a.id, reason="session stopped")
+            )
 
 
 def open_session(sd: StateDir, req: BackupRequest, dataset: str) -> str:
@@ -295,4 +297,3 @@ async def run_backup(
     await trio.to_thread.run_sync(vault.prepare)
     sid = open_session(sd, req, req.dataset)
     return await Session(sd, sid, req, vault, on_progress).run()
-

@@ -58,7 +58,7 @@ class _Base(msgspec.Struct, tag=True, tag_field="t", frozen=True, kw_only=True, 
 # -- sessions ---------------------------------------------------------------
 
 
-class SessionOpened(_Base):
+class SessionOpened(_Base, frozen=True):
     """A backup session began: what it backs up, where to, and how."""
 
     session: str
@@ -72,7 +72,7 @@ class SessionOpened(_Base):
     version: str = ""
 
 
-class SessionResumed(_Base):
+class SessionResumed(_Base, frozen=True):
     """An unfinished session continues after a pause or a crash."""
 
     session: str
@@ -80,14 +80,14 @@ class SessionResumed(_Base):
     pid: int = 0
 
 
-class SessionPaused(_Base):
+class SessionPaused(_Base, frozen=True):
     """The session stopped taking work and reached a consistent point."""
 
     session: str
     reason: str  # "signal:SIGTERM", "deadline", "disk full", ...
 
 
-class SessionCompleted(_Base):
+class SessionCompleted(_Base, frozen=True):
     """Every entry of the session is in an uploaded archive (or was skipped)."""
 
     session: str
@@ -98,14 +98,14 @@ class SessionCompleted(_Base):
     changed: int
 
 
-class SessionFailed(_Base):
+class SessionFailed(_Base, frozen=True):
     """The session stopped on an error it could not get past."""
 
     session: str
     error: str
 
 
-class SessionAbandoned(_Base):
+class SessionAbandoned(_Base, frozen=True):
     """The session will never be resumed; its uploaded archives stay valid."""
 
     session: str
@@ -115,7 +115,7 @@ class SessionAbandoned(_Base):
 # -- entries that could not be stored as they were ---------------------------
 
 
-class EntrySkipped(_Base):
+class EntrySkipped(_Base, frozen=True):
     """An entry was not stored: special file, unreadable, vanished."""
 
     session: str
@@ -124,7 +124,7 @@ class EntrySkipped(_Base):
     special: bool = False  # FIFOs, sockets, devices: skipped by design, not an error
 
 
-class EntryChanged(_Base):
+class EntryChanged(_Base, frozen=True):
     """A file changed while it was read; what is stored may be inconsistent."""
 
     session: str
@@ -135,7 +135,7 @@ class EntryChanged(_Base):
 # -- archives ---------------------------------------------------------------
 
 
-class ArchiveStarted(_Base):
+class ArchiveStarted(_Base, frozen=True):
     """The builder opened a new archive in staging."""
 
     session: str
@@ -143,7 +143,7 @@ class ArchiveStarted(_Base):
     index: int
 
 
-class ArchiveSealed(_Base):
+class ArchiveSealed(_Base, frozen=True):
     """An archive is complete and durable in staging, with its catalog.
 
     `sha256` and `size` are of the staged file exactly as it will be stored.
@@ -159,14 +159,14 @@ class ArchiveSealed(_Base):
     members: list[Member]
 
 
-class ArchiveDiscarded(_Base):
+class ArchiveDiscarded(_Base, frozen=True):
     """An archive will never be uploaded (partial at a crash, or bad in staging)."""
 
     archive: str
     reason: str
 
 
-class UploadStarted(_Base):
+class UploadStarted(_Base, frozen=True):
     """The uploader began sending an archive to its vault under `key`."""
 
     archive: str
@@ -174,7 +174,7 @@ class UploadStarted(_Base):
     key: str
 
 
-class ArchiveUploaded(_Base):
+class ArchiveUploaded(_Base, frozen=True):
     """The vault holds the archive and confirmed its checksum."""
 
     archive: str
@@ -187,7 +187,7 @@ class ArchiveUploaded(_Base):
 # -- the log itself ---------------------------------------------------------
 
 
-class LogTailTruncated(_Base):
+class LogTailTruncated(_Base, frozen=True):
     """On open, a torn final record was cut off at `offset` (`dropped` bytes)."""
 
     offset: int

@@ -244,4 +244,3 @@ class EventLog:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
-

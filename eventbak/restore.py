@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 import zstandard
 
@@ -210,7 +211,7 @@ class _Extractor:
             return os.open(dest, flags | os.O_TRUNC, 0o600)
         return os.open(dest, flags | os.O_EXCL, 0o600)
 
-    def write_file(self, item: Item, data: tarfile.ExFileObject | None) -> None:
+    def write_file(self, item: Item, data: IO[bytes] | None) -> None:
         m = item.member
         dest = self.dest(item.dest)
         self.parent_ok(dest)
@@ -373,6 +374,9 @@ def restore(
     except OSError as exc:
         raise EventbakError(f"restore failed: {exc.strerror} ({exc.filename!s})") from None
     return RestoreReport(
-        plan.session.id, ex.files + len(plan.dirs), ex.bytes, time.monotonic() - started,
+        plan.session.id,
+        ex.files + len(plan.dirs),
+        ex.bytes,
+        time.monotonic() - started,
         plan.warnings,
     )

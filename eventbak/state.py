@@ -31,6 +31,7 @@ events by copying would be too slow); it is deterministic and I/O-free.
 
 from __future__ import annotations
 
+import builtins
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -66,8 +67,7 @@ class IllegalTransition(Exception):
 
     def __init__(self, what: str, state: str, trigger: str, event: ev.Event) -> None:
         super().__init__(
-            f"{ev.event_name(event)} is illegal for {what} in state {state!r} "
-            f"(trigger {trigger!r})"
+            f"{ev.event_name(event)} is illegal for {what} in state {state!r} (trigger {trigger!r})"
         )
         self.event = event
 
@@ -130,8 +130,9 @@ class SessionState:
     bytes: int = 0
     archives_uploaded: int = 0
     bytes_uploaded: int = 0
-    skipped: list[tuple[bytes, str]] = field(default_factory=list)
-    changed: list[tuple[bytes, str]] = field(default_factory=list)
+    # `builtins.bytes`: the field `bytes` above shadows the type in this class body
+    skipped: list[tuple[builtins.bytes, str]] = field(default_factory=list)
+    changed: list[tuple[builtins.bytes, str]] = field(default_factory=list)
     pauses: list[str] = field(default_factory=list)
     crashes: int = 0
     last_member: ev.Member | None = None

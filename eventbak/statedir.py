@@ -38,7 +38,9 @@ def read_state(root: Path, until: int | None = None) -> tuple[State, LogImage]:
 
 
 class StateDir:
-    def __init__(self, root: Path, lock_fd: int, log: EventLog, state: State, torn: TornTail | None):
+    def __init__(
+        self, root: Path, lock_fd: int, log: EventLog, state: State, torn: TornTail | None
+    ):
         self.root = root
         self._lock_fd = lock_fd
         self.log = log

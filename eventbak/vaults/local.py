@@ -59,9 +59,7 @@ class LocalVault:
                 os.close(fd)
                 probe.unlink(missing_ok=True)
         except OSError as exc:
-            raise VaultError(
-                f"vault {self.root} is not writable: {exc.strerror or exc}"
-            ) from None
+            raise VaultError(f"vault {self.root} is not writable: {exc.strerror or exc}") from None
 
     def key_for(self, session: str, archive: str, suffix: str) -> str:
         return f"archives/{session}/{archive}{suffix}"
@@ -94,7 +92,9 @@ class LocalVault:
             confirmed = sha256_file(dest)
             size = dest.stat().st_size
         except OSError as exc:
-            raise VaultError(f"vault {self.root}: cannot store {key}: {exc.strerror or exc}") from None
+            raise VaultError(
+                f"vault {self.root}: cannot store {key}: {exc.strerror or exc}"
+            ) from None
         if confirmed != sha256:
             raise VaultError(
                 f"vault {self.root}: {key} reads back with sha256 {confirmed}, expected {sha256}"
@@ -109,7 +109,7 @@ class LocalVault:
 
     def open(self, key: str) -> BinaryIO:
         try:
-            return open(self._path(key), "rb")  # noqa: SIM115 - the caller closes it
+            return open(self._path(key), "rb")
         except FileNotFoundError:
             raise VaultError(f"vault {self.root}: archive {key} is missing") from None
         except OSError as exc:

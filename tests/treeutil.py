@@ -1,0 +1,87 @@
+"""Helpers to describe a real directory tree and compare two of them."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+from pathlib import Path
+
+import trio
+
+from eventbak.config import Compression
+from eventbak.coordinator import BackupRequest, Outcome, run_backup
+from eventbak.restore import RestoreReport, restore
+from eventbak.scanner import normalize_roots
+from eventbak.statedir import StateDir
+from eventbak.vaults import open_vault
+
+
+def sha256_of(path: bytes) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def describe(root: bytes | Path, *, mtimes: bool = True) -> dict[bytes, tuple[object, ...]]:
+    """Every entry below `root` (relative path -> kind, mode, mtime, content),
+    hard links as groups; FIFOs, sockets and devices are left out (never stored)."""
+    root_b = os.fsencode(root)
+    out: dict[bytes, tuple[object, ...]] = {}
+    inodes: dict[tuple[int, int], bytes] = {}
+    for dirpath, dirnames, filenames in os.walk(root_b):
+        for name in sorted(dirnames + filenames):
+            full = os.path.join(dirpath, name)
+            rel = os.path.relpath(full, root_b)
+            st = os.lstat(full)
+            mt = st.st_mtime_ns if mtimes else None
+            mode = stat.S_IMODE(st.st_mode)
+            if stat.S_ISLNK(st.st_mode):
+                out[rel] = ("symlink", os.readlink(full), mt)
+            elif stat.S_ISDIR(st.st_mode):
+                out[rel] = ("dir", mode, mt)
+            elif stat.S_ISREG(st.st_mode):
+                first = inodes.setdefault((st.st_dev, st.st_ino), rel)
+                out[rel] = ("file", mode, mt, st.st_size, sha256_of(full), first)
+    # hard-link groups are compared by membership, not by which name came first
+    groups: dict[bytes, list[bytes]] = {}
+    for rel, d in out.items():
+        if d[0] == "file":
+            groups.setdefault(d[5], []).append(rel)  # type: ignore[arg-type]
+    for members in groups.values():
+        for rel in members:
+            d = out[rel]
+            out[rel] = (*d[:5], tuple(sorted(members)))
+    return out
+
+
+def backup(
+    state_dir: Path,
+    vault_dir: Path,
+    paths: list[Path | bytes],
+    archive_size: int = 128 * 1024 * 1024,
+    compression: Compression | None = None,
+    exclude: list[str] | None = None,
+) -> Outcome:
+    req = BackupRequest(
+        dataset="test",
+        paths=normalize_roots([os.fsencode(p) for p in paths]),
+        vault_url=f"file://{vault_dir}",
+        archive_size=archive_size,
+        compression=compression or Compression("auto"),
+        exclude=exclude or [],
+    )
+    sd = StateDir.open(state_dir)
+    try:
+        return trio.run(run_backup, sd, req, open_vault(req.vault_url), None)
+    finally:
+        sd.close()
+
+
+def restore_all(state_dir: Path, to: Path, patterns: list[bytes] | None = None) -> RestoreReport:
+    from eventbak.statedir import read_state
+
+    state, _ = read_state(state_dir)
+    return restore(state, patterns or [], to)

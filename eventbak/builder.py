@@ -149,12 +149,22 @@ class Packer:
             if self.stop.is_set():
                 raise Stopped
             kind = entry.kind
+            if entry.reason and kind in ("file", "dir", "symlink"):
+                self._out.append(
+                    ev.EntryChanged(
+                        at=time.time(), session=self.session, path=entry.path, detail=entry.reason
+                    )
+                )
             if kind == "file":
                 self._file(entry)
             elif kind == "dir":
                 self._simple(entry, "dir", ar.DIRTYPE, b"")
             elif kind == "symlink":
                 self._simple(entry, "symlink", ar.SYMTYPE, entry.target)
+            elif kind == "deleted":
+                self._out.append(
+                    ev.EntryDeleted(at=time.time(), session=self.session, path=entry.path)
+                )
             else:
                 self._skip(entry.path, entry.reason, special=kind == "special")
         return self.take()
@@ -237,7 +247,7 @@ class Packer:
                 if first is not None:
                     self._hardlink(path, st, first)
                     return
-            self._file_data(path, fd, st)
+            self._file_data(path, fd, st, entry.start)
             if st.st_nlink > 1:
                 self._links[(st.st_dev, st.st_ino)] = path
         except OSError as exc:
@@ -274,7 +284,7 @@ class Packer:
         )
         self.progress.files += 1
 
-    def _file_data(self, path: bytes, fd: int, st: os.stat_result) -> None:
+    def _file_data(self, path: bytes, fd: int, st: os.stat_result, start: int = 0) -> None:
         size = st.st_size
         mtime = st.st_mtime_ns // 1_000_000_000
         whole = ar.tar_header(
@@ -283,7 +293,7 @@ class Packer:
         need = len(whole) + ar.padded(size)
         fresh_room = self.limit - ar.ArchiveWriter.worst_case(0) - ar.ArchiveWriter.END_RESERVE
         changed: list[str] = []
-        if ar.ArchiveWriter.worst_case(need) <= fresh_room:
+        if start == 0 and ar.ArchiveWriter.worst_case(need) <= fresh_room:
             cur = self._fit(need)
             cur.writer.select(path)
             cur.writer.write(whole)
@@ -291,7 +301,9 @@ class Packer:
             _check_unchanged(fd, st, changed)
             self._add_member(cur, path, st, 0, size, changed)
         else:
-            offset = 0
+            offset = start
+            if start:
+                os.lseek(fd, start, os.SEEK_SET)
             while True:
                 cur = self._current()
                 cur.writer.tighten()

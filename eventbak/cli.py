@@ -10,6 +10,7 @@ import datetime as dt
 import json
 import os
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
@@ -29,7 +30,17 @@ from eventbak.config import (
     parse_archive_size,
     parse_compression,
 )
-from eventbak.coordinator import BackupRequest, Outcome, Progress, run_backup
+from eventbak.coordinator import (
+    DEFAULT_GRACE,
+    BackupRequest,
+    Outcome,
+    Progress,
+    RunOptions,
+    find_unfinished,
+    parse_duration,
+    parse_until,
+    run_backup,
+)
 from eventbak.errors import EXIT_PARTIAL, EventbakError, LogCorrupt, UsageError
 from eventbak.log import read_log
 from eventbak.scanner import normalize_roots
@@ -206,8 +217,11 @@ def _summary(o: Outcome) -> dict[str, Any]:
         "bytes": s.bytes,
         "archives": s.archives_uploaded,
         "bytes_uploaded": s.bytes_uploaded,
-        "skipped": [{"path": ev.show_path(p), "reason": r} for p, r in s.skipped],
-        "changed": [{"path": ev.show_path(p), "detail": d} for p, d in s.changed],
+        "skipped": [{"path": ev.show_path(p), "reason": r} for p, r in s.skipped.items()],
+        "changed": [{"path": ev.show_path(p), "detail": d} for p, d in s.changed.items()],
+        "resumed": o.resumed,
+        "paused_for": o.paused_for,
+        "interruptions": s.interruptions,
         "elapsed": round(o.elapsed, 3),
         "mb_per_s": round(s.bytes / o.elapsed / 1e6, 1) if o.elapsed > 0 else 0.0,
         "error": o.error,
@@ -220,6 +234,21 @@ def _summary(o: Outcome) -> dict[str, Any]:
 @click.option("--archive-size", help="Archive size limit: 123, 64KiB, 128MiB, 1GiB.")
 @click.option("--compression", help="auto | none | zstd[:LEVEL]")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary instead of text.")
+@click.option(
+    "--new-session",
+    is_flag=True,
+    help="Abandon an unfinished session (its uploaded archives stay) and start anew.",
+)
+@click.option("--until", "until", metavar="HH:MM", help="Pause when this local time comes.")
+@click.option("--max-duration", metavar="DURATION", help="Pause after this long: 90s, 15m, 2h.")
+@click.option(
+    "--grace",
+    metavar="SECONDS",
+    type=click.FloatRange(min=0),
+    default=DEFAULT_GRACE,
+    show_default=True,
+    help="After a stop request, how long in-flight work may go on.",
+)
 @click.pass_obj
 def backup(
     c: Ctx,
@@ -228,9 +257,16 @@ def backup(
     archive_size: str | None,
     compression: str | None,
     as_json: bool,
+    new_session: bool,
+    until: str | None,
+    max_duration: str | None,
+    grace: float,
 ) -> None:
-    """Back up PATHs (or every dataset of the config) in one session."""
+    """Back up PATHs (or every dataset of the config). An unfinished session
+    for the same paths and vault is resumed where it stopped."""
     reqs = _requests(c, paths, vault, archive_size, compression)
+    deadline = _deadline(until, max_duration)
+    options = RunOptions(deadline=deadline, grace=grace, new_session=new_session)
     sd = StateDir.open(c.state_dir)
     outcomes: list[Outcome] = []
     try:
@@ -244,14 +280,28 @@ def backup(
             if not as_json:
                 click.echo(f"state dir: {c.state_dir}")
                 click.echo(f"vault:     {req.vault_url}")
+            previous = find_unfinished(sd, req)
+            if previous is not None and not as_json:
+                if new_session:
+                    click.echo(f"abandoning unfinished session {previous.id}")
+                else:
+                    why = ", ".join(previous.pauses + ["crash"] * previous.crashes)
+                    click.echo(
+                        f"resuming session {previous.id} ({previous.state}"
+                        + (f"; interrupted before: {why}" if why else "")
+                        + f"): {previous.files} files, {_human(previous.bytes)} already safe, "
+                        f"{previous.archives_uploaded} archives uploaded"
+                    )
             show = _ProgressLine() if (not as_json and sys.stderr.isatty()) else None
             vault_obj = open_vault(req.vault_url)
-            outcome = trio.run(run_backup, sd, req, vault_obj, show)
+            outcome = trio.run(run_backup, sd, req, vault_obj, show, options)
             if show:
                 show.done()
             outcomes.append(outcome)
             if not as_json:
                 _print_outcome(outcome)
+            if outcome.paused_for:
+                break  # a stop request or deadline applies to the whole run
     finally:
         sd.close()
     if as_json:
@@ -263,9 +313,23 @@ def backup(
         sys.exit(EXIT_PARTIAL)
 
 
+def _deadline(until: str | None, max_duration: str | None) -> float | None:
+    times = []
+    try:
+        if until:
+            times.append(parse_until(until))
+        if max_duration:
+            times.append(time.time() + parse_duration(max_duration))
+    except ValueError as exc:
+        raise UsageError(
+            f"--{'until' if until and 'time of day' in str(exc) else 'max-duration'}: {exc}"
+        ) from None
+    return min(times) if times else None
+
+
 def _specials(o: Outcome) -> list[bool]:
     # True for skipped special files (by design), False for read failures
-    return [r in _SPECIAL_REASONS for _, r in o.session.skipped]
+    return [r in _SPECIAL_REASONS for r in o.session.skipped.values()]
 
 
 _SPECIAL_REASONS = {"fifo", "socket", "character device", "block device", "special file"}
@@ -279,12 +343,14 @@ def _print_outcome(o: Outcome) -> None:
         f"{s.archives_uploaded} archives ({_human(s.bytes_uploaded)} stored), "
         f"{o.elapsed:.1f} s, {rate:.1f} MB/s"
     )
-    for path, reason in s.skipped:
+    for path, reason in s.skipped.items():
         click.echo(f"  skipped {ev.show_path(path)}: {reason}")
-    for path, detail in s.changed:
+    for path, detail in s.changed.items():
         click.echo(f"  changed while read: {ev.show_path(path)} ({detail})")
     if o.error:
         click.echo(f"eventbak: error: {o.error} (session paused)", err=True)
+    elif o.paused_for:
+        click.echo(f"paused ({o.paused_for}); run backup again to resume")
 
 
 # -- restore ----------------------------------------------------------------

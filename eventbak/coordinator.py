@@ -11,13 +11,29 @@ downstream as closed channels.
 
 Only this module's tasks touch the state directory, always on the Trio
 thread: `record` buffers an event, `commit` makes it durable. Commit points:
-session opened, archive sealed (before it is handed to the uploader),
-archive uploaded (before its staged file is deleted), session ended.
+session opened or resumed, archive sealed (before it is handed to the
+uploader), archive uploaded (before its staged file is deleted), session
+paused or completed.
+
+Stopping (SIGTERM, SIGINT, a deadline): `request_stop` sets a flag that the
+scanner and the packer check between entries and between 1 MiB chunks; the
+archive being built is discarded (its entries are packed again on resume),
+an upload in flight may finish, sealed archives not yet sent stay in
+staging. After the grace period the work scope is cancelled: an upload still
+running is abandoned (its outcome is unknown; resume asks the vault). A
+second signal cancels at once. Either way `SessionPaused` is then committed.
+
+Resume (`recover`): see docs/architecture.md, "Resume semantics".
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import hashlib
+import os
+import re
 import secrets
+import signal
 import socket
 import threading
 import time
@@ -29,11 +45,11 @@ import trio
 
 from eventbak import __version__
 from eventbak import events as ev
-from eventbak.builder import Output, Packer, Sealed
-from eventbak.config import Compression
+from eventbak.builder import Output, Packer, Sealed, Stopped
+from eventbak.config import Compression, parse_compression
 from eventbak.errors import EventbakError
-from eventbak.scanner import Entry, Exclude, walk
-from eventbak.state import SessionState
+from eventbak.scanner import Entry, Exclude, resume_filter, walk
+from eventbak.state import ArchiveState, SessionState
 from eventbak.statedir import StateDir
 from eventbak.vaults import Vault
 
@@ -41,6 +57,7 @@ BATCH_ENTRIES = 512
 BATCH_BYTES = 16 * 1024 * 1024
 ENTRY_BACKLOG = 4
 SEALED_BACKLOG = 1
+DEFAULT_GRACE = 30.0
 
 
 @dataclass(frozen=True)
@@ -51,6 +68,16 @@ class BackupRequest:
     archive_size: int
     compression: Compression
     exclude: list[str]
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How this run may be stopped (none of it is part of the session)."""
+
+    deadline: float | None = None  # time.time() at which to pause
+    grace: float = DEFAULT_GRACE  # seconds from a stop request to cancellation
+    signals: bool = True  # watch SIGTERM/SIGINT (main thread only)
+    new_session: bool = False  # abandon an unfinished session instead of resuming
 
 
 @dataclass
@@ -71,6 +98,8 @@ class Outcome:
     session: SessionState
     elapsed: float
     error: str = ""
+    resumed: bool = False
+    paused_for: str = ""
 
     @property
     def state(self) -> str:
@@ -99,8 +128,19 @@ def _describe(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
+def _sha256(path: Path) -> str | None:
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb", buffering=0) as f:
+            while chunk := f.read(4 * 1024 * 1024):
+                h.update(chunk)
+    except FileNotFoundError:
+        return None
+    return h.hexdigest()
+
+
 class Session:
-    """One run of the pipeline for one session."""
+    """One run of the pipeline for one session (new or resumed)."""
 
     def __init__(
         self,
@@ -109,40 +149,170 @@ class Session:
         req: BackupRequest,
         vault: Vault,
         on_progress: Callable[[Progress], None] | None = None,
+        options: RunOptions | None = None,
     ) -> None:
         self.sd = sd
         self.id = session_id
         self.req = req
         self.vault = vault
         self.on_progress = on_progress
+        self.options = options or RunOptions()
         self.stop = threading.Event()
+        self.stop_reason = ""
+        self._work_scope: trio.CancelScope | None = None
+        self._nursery: trio.Nursery | None = None
+        s = sd.state.sessions[session_id]
         self.packer = Packer(
             session_id,
             sd.staging,
             req.archive_size,
             req.compression,
-            next_index=len(sd.state.sessions[session_id].archives) + 1,
+            next_index=len(s.archives) + 1,
             stop=self.stop,
         )
         self.started = time.monotonic()
+        self._resume_stored: list[ev.Member] = []
+        self._resume_cursor: bytes | None = None
+        self._to_upload: list[tuple[ev.ArchiveSealed, Path]] = []
+
+    # -- stopping ---------------------------------------------------------
+
+    def request_stop(self, reason: str) -> None:
+        """Stop taking new work; cancel the rest after the grace period."""
+        if self.stop.is_set():
+            if reason.startswith("signal") and self._work_scope is not None:
+                self._work_scope.cancel()  # a second signal: no more grace
+            return
+        self.stop_reason = reason
+        self.stop.set()
+        if self._nursery is not None:
+            self._nursery.start_soon(self._grace_timer)
+
+    async def _grace_timer(self) -> None:
+        await trio.sleep(self.options.grace)
+        if self._work_scope is not None:
+            self._work_scope.cancel()
+
+    async def _watch_signals(self) -> None:
+        # Drains signals for the whole run, so a second SIGTERM never reaches
+        # the default handler (which would kill us mid-shutdown).
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async for signum in signals:
+                self.request_stop(f"signal {signal.Signals(signum).name}")
+
+    async def _watch_deadline(self, deadline: float) -> None:
+        await trio.sleep(max(0.0, deadline - time.time()))
+        self.request_stop("deadline")
+
+    # -- recovery ------------------------------------------------------------
+
+    def recover(self, after: str) -> None:
+        """Bring an unfinished session back to a state the pipeline can continue
+        from (blocking: hashes staged files and asks the vault)."""
+        sd, state = self.sd, self.sd.state
+        sd.record(ev.SessionResumed(at=time.time(), session=self.id, after=after, pid=os.getpid()))
+        for a in state.archives_of(self.id):
+            staged = sd.staging / a.staged if a.staged else None
+            if a.state == "building":
+                (sd.staging / f"{a.id}.partial").unlink(missing_ok=True)
+                sd.record(
+                    ev.ArchiveDiscarded(
+                        at=time.time(), archive=a.id, reason="incomplete at interruption"
+                    )
+                )
+            elif a.state in ("sealed", "uploading"):
+                assert staged is not None
+                key = self.vault.key_for(self.id, a.id, staged.name[len(a.id) :])
+                stored = self.vault.confirm(key, a.sha256)
+                if stored is not None:  # the vault got it before we could log it
+                    if a.state == "sealed":
+                        sd.record(
+                            ev.UploadStarted(
+                                at=time.time(), archive=a.id, vault=self.vault.url, key=key
+                            )
+                        )
+                    sd.record(
+                        ev.ArchiveUploaded(
+                            at=time.time(),
+                            archive=a.id,
+                            vault=self.vault.url,
+                            key=stored.key,
+                            size=stored.size,
+                            sha256=stored.sha256,
+                        )
+                    )
+                    sd.commit()
+                    staged.unlink(missing_ok=True)
+                elif _sha256(staged) == a.sha256:
+                    self._to_upload.append((_sealed_event(a), staged))
+                else:
+                    why = "missing" if not staged.exists() else "damaged"
+                    staged.unlink(missing_ok=True)
+                    sd.record(
+                        ev.ArchiveDiscarded(
+                            at=time.time(), archive=a.id, reason=f"staged file {why}"
+                        )
+                    )
+        sd.commit()
+        s = state.sessions[self.id]
+        self._resume_stored = [
+            m
+            for a in state.archives_of(self.id)
+            if a.state in ("sealed", "uploading", "uploaded")
+            for m in a.members
+        ]
+        self._resume_cursor = s.last_member.path if s.last_member is not None else None
+        self.packer.next_index = len(s.archives) + 1
+
+    def remove_orphans(self) -> None:
+        """Delete staged files and vault leftovers that the log does not need."""
+        sd, state = self.sd, self.sd.state
+        keep = set()
+        for a in state.archives.values():
+            if a.state in ("sealed", "uploading"):
+                keep.add(a.staged)
+            elif a.state == "building" and state.sessions[a.session].unfinished:
+                keep.add(f"{a.id}.partial")
+        for f in sorted(sd.staging.iterdir()):
+            if f.name in keep:
+                continue
+            size = f.stat().st_size if f.is_file() else 0
+            f.unlink(missing_ok=True)
+            sd.record(ev.OrphanRemoved(at=time.time(), where="staging", name=f.name, size=size))
+        for name, size in self.vault.remove_orphans():
+            sd.record(ev.OrphanRemoved(at=time.time(), where=self.vault.url, name=name, size=size))
+        sd.commit()
 
     # -- the stages -----------------------------------------------------
 
     def _scan_thread(self, send: trio.MemorySendChannel[list[Entry]]) -> None:
         exclude = Exclude(self.req.exclude) if self.req.exclude else None
+        entries = resume_filter(
+            walk(self.req.paths, exclude), self._resume_stored, self._resume_cursor
+        )
         batch: list[Entry] = []
         size = 0
-        for entry in walk(self.req.paths, exclude):
+        for entry in entries:
             if self.stop.is_set():
                 return
             batch.append(entry)
             if entry.kind == "file" and entry.st is not None:
                 size += entry.st.st_size
             if len(batch) >= BATCH_ENTRIES or size >= BATCH_BYTES:
-                trio.from_thread.run(send.send, batch)
+                if not self._hand_over(send, batch):
+                    return
                 batch, size = [], 0
-        if batch:
+        if batch and not self.stop.is_set():
+            self._hand_over(send, batch)
+
+    def _hand_over(self, send: trio.MemorySendChannel[list[Entry]], batch: list[Entry]) -> bool:
+        """Send a batch from the scanner thread; False once the builder stopped
+        listening (it closed its end after a stop request) or we were cancelled."""
+        try:
             trio.from_thread.run(send.send, batch)
+        except (trio.BrokenResourceError, trio.Cancelled, trio.RunFinishedError):
+            return False
+        return True
 
     async def _scanner(self, send: trio.MemorySendChannel[list[Entry]]) -> None:
         async with send:
@@ -161,24 +331,42 @@ class Session:
         self, recv: trio.MemoryReceiveChannel[list[Entry]], send: trio.MemorySendChannel[Sealed]
     ) -> None:
         async with recv, send:
-            async for batch in recv:
-                outputs = await trio.to_thread.run_sync(self.packer.pack, batch)
-                await self._emit(outputs, send)
-            await self._emit(await trio.to_thread.run_sync(self.packer.finish), send)
+            try:
+                async for batch in recv:
+                    outputs = await trio.to_thread.run_sync(self.packer.pack, batch)
+                    await self._emit(outputs, send)
+                if self.stop.is_set():
+                    raise Stopped
+                await self._emit(await trio.to_thread.run_sync(self.packer.finish), send)
+            except Stopped:
+                await self._emit(self.packer.take(), send)
+                self._drop_partial("session stopped")
 
     async def _uploader(self, recv: trio.MemoryReceiveChannel[Sealed]) -> None:
         async with recv:
+            for sealed_event, path in self._to_upload:
+                if self.stop.is_set():
+                    break
+                await self.upload(sealed_event, path)
             async for sealed in recv:
+                if self.stop.is_set():
+                    continue  # stays sealed in staging; uploaded on resume
                 await self.upload(sealed.event, sealed.path)
 
     async def upload(self, sealed: ev.ArchiveSealed, path: Path) -> None:
-        """Store one sealed archive and, once that is durable, drop its staged file."""
+        """Store one sealed archive and, once that is durable, drop its staged file.
+
+        Cancellation: if cancelled while the vault call runs, the call is
+        abandoned and nothing is recorded; the log says `uploading` and resume
+        asks the vault what it has."""
         suffix = path.name[len(sealed.archive) :]
         key = self.vault.key_for(self.id, sealed.archive, suffix)
         self.sd.record(
             ev.UploadStarted(at=time.time(), archive=sealed.archive, vault=self.vault.url, key=key)
         )
-        stored = await trio.to_thread.run_sync(self.vault.put, key, path, sealed.sha256)
+        stored = await trio.to_thread.run_sync(
+            self.vault.put, key, path, sealed.sha256, abandon_on_cancel=True
+        )
         self.sd.record(
             ev.ArchiveUploaded(
                 at=time.time(),
@@ -219,12 +407,18 @@ class Session:
         error: BaseException | None = None
         try:
             async with trio.open_nursery() as outer:
+                self._nursery = outer
+                if self.options.signals and threading.current_thread() is threading.main_thread():
+                    outer.start_soon(self._watch_signals)
+                if self.options.deadline is not None:
+                    outer.start_soon(self._watch_deadline, self.options.deadline)
                 if self.on_progress is not None:
                     outer.start_soon(self._progress, 0.5)
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._scanner, entries_send)
-                    nursery.start_soon(self._builder, entries_recv, sealed_send)
-                    nursery.start_soon(self._uploader, sealed_recv)
+                with trio.CancelScope() as self._work_scope:
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(self._scanner, entries_send)
+                        nursery.start_soon(self._builder, entries_recv, sealed_send)
+                        nursery.start_soon(self._uploader, sealed_recv)
                 outer.cancel_scope.cancel()
         except BaseException as exc:
             first = _first_error(exc)
@@ -234,14 +428,15 @@ class Session:
         finally:
             self.stop.set()
         session = self.sd.state.sessions[self.id]
-        if error is not None:
-            self._drop_partial()
-            why = _describe(error)
-            self.sd.record(
-                ev.SessionPaused(at=time.time(), session=self.id, reason=f"error: {why}")
+        elapsed = time.monotonic() - self.started
+        if error is not None or self.stop_reason:
+            self._drop_partial("session stopped")
+            why = f"error: {_describe(error)}" if error is not None else self.stop_reason
+            self.sd.record(ev.SessionPaused(at=time.time(), session=self.id, reason=why))
+            self._commit_or_note(why)
+            return Outcome(
+                session, elapsed, _describe(error) if error is not None else "", paused_for=why
             )
-            self.sd.commit()
-            return Outcome(session, time.monotonic() - self.started, why)
         self.sd.record(
             ev.SessionCompleted(
                 at=time.time(),
@@ -254,27 +449,51 @@ class Session:
             )
         )
         self.sd.commit()
-        return Outcome(session, time.monotonic() - self.started)
+        return Outcome(session, elapsed)
 
-    def _drop_partial(self) -> None:
+    def _commit_or_note(self, why: str) -> None:
+        try:
+            self.sd.commit()
+        except OSError as exc:
+            # The state dir itself is full or failing: the log keeps its last
+            # durable event, and the next start resumes as after a crash.
+            raise EventbakError(
+                f"{why}; could not record the pause either ({_describe(exc)}): "
+                "the next backup resumes from the last durable event"
+            ) from None
+
+    def _drop_partial(self, reason: str) -> None:
         for out in self.packer.take():
-            if not isinstance(out, Sealed):
+            if isinstance(out, Sealed):
+                self.sd.record(out.event)  # durable in staging: keep for resume
+            else:
                 self.sd.record(out)
         aid = self.packer.abort()
         a = self.sd.state.archives.get(aid) if aid is not None else None
         if a is not None and a.state == "building":
-            self.sd.record(
-                ev.ArchiveDiscarded(at=time.time(), archive=a.id, reason="session stopped")
-            )
+            self.sd.record(ev.ArchiveDiscarded(at=time.time(), archive=a.id, reason=reason))
 
 
-def open_session(sd: StateDir, req: BackupRequest, dataset: str) -> str:
+def _sealed_event(a: ArchiveState) -> ev.ArchiveSealed:
+    return ev.ArchiveSealed(
+        at=a.sealed_at,
+        archive=a.id,
+        staged=a.staged,
+        size=a.size,
+        raw_size=a.raw_size,
+        sha256=a.sha256,
+        compression=a.compression,
+        members=a.members,
+    )
+
+
+def open_session(sd: StateDir, req: BackupRequest) -> str:
     sid = new_session_id()
     sd.record(
         ev.SessionOpened(
             at=time.time(),
             session=sid,
-            dataset=dataset,
+            dataset=req.dataset,
             vault=req.vault_url,
             paths=req.paths,
             archive_size=req.archive_size,
@@ -288,12 +507,88 @@ def open_session(sd: StateDir, req: BackupRequest, dataset: str) -> str:
     return sid
 
 
+def find_unfinished(sd: StateDir, req: BackupRequest) -> SessionState | None:
+    """The unfinished session this request continues: same dataset, paths, vault."""
+    for s in reversed(sd.state.unfinished_sessions()):
+        if s.dataset == req.dataset and s.paths == req.paths and s.vault == req.vault_url:
+            return s
+    return None
+
+
+def _session_request(s: SessionState) -> BackupRequest:
+    """A resumed session keeps the settings it was opened with."""
+    return BackupRequest(
+        dataset=s.dataset,
+        paths=s.paths,
+        vault_url=s.vault,
+        archive_size=s.archive_size,
+        compression=parse_compression(s.compression),
+        exclude=s.exclude,
+    )
+
+
 async def run_backup(
     sd: StateDir,
     req: BackupRequest,
     vault: Vault,
     on_progress: Callable[[Progress], None] | None = None,
+    options: RunOptions | None = None,
 ) -> Outcome:
+    """Run (or resume) the session for `req` until it completes or pauses."""
+    options = options or RunOptions()
     await trio.to_thread.run_sync(vault.prepare)
-    sid = open_session(sd, req, req.dataset)
-    return await Session(sd, sid, req, vault, on_progress).run()
+    previous = find_unfinished(sd, req)
+    if previous is not None and options.new_session:
+        _abandon(sd, previous)
+        previous = None
+    if previous is not None:
+        session = Session(sd, previous.id, _session_request(previous), vault, on_progress, options)
+        after = "paused" if previous.state == "paused" else "crash"
+        await trio.to_thread.run_sync(session.remove_orphans)
+        await trio.to_thread.run_sync(session.recover, after)
+        outcome = await session.run()
+        outcome.resumed = True
+        return outcome
+    sid = open_session(sd, req)
+    session = Session(sd, sid, req, vault, on_progress, options)
+    await trio.to_thread.run_sync(session.remove_orphans)
+    return await session.run()
+
+
+def _abandon(sd: StateDir, s: SessionState) -> None:
+    """Close `s` for good: archives not uploaded are discarded, uploaded ones stay."""
+    for a in sd.state.archives_of(s.id):
+        if a.state in ("building", "sealed", "uploading"):
+            sd.record(ev.ArchiveDiscarded(at=time.time(), archive=a.id, reason="session abandoned"))
+            for name in (a.staged, f"{a.id}.partial"):
+                if name:
+                    (sd.staging / name).unlink(missing_ok=True)
+    sd.record(ev.SessionAbandoned(at=time.time(), session=s.id, reason="--new-session"))
+    sd.commit()
+
+
+def parse_duration(text: str) -> float:
+    """`90`, `30s`, `15m`, `2h`, `1h30m` -> seconds. ValueError otherwise."""
+    t = text.strip().lower()
+    if re.fullmatch(r"\d+(\.\d+)?", t):
+        return float(t)
+    parts = re.findall(r"(\d+(?:\.\d+)?)([hms])", t)
+    if not parts or "".join(n + u for n, u in parts) != t:
+        raise ValueError(f"{text!r} is not a duration (examples: 90s, 15m, 2h, 1h30m)")
+    return sum(float(n) * {"h": 3600, "m": 60, "s": 1}[u] for n, u in parts)
+
+
+def parse_until(text: str, now: float | None = None) -> float:
+    """`HH:MM` (local time) -> the next such moment as time.time()."""
+    try:
+        hh, mm = text.strip().split(":")
+        h, m = int(hh), int(mm)
+        if not (0 <= h < 24 and 0 <= m < 60):
+            raise ValueError
+    except ValueError:
+        raise ValueError(f"{text!r} is not a time of day HH:MM") from None
+    base = dt.datetime.fromtimestamp(now if now is not None else time.time())
+    target = base.replace(hour=h, minute=m, second=0, microsecond=0)
+    if target <= base:
+        target += dt.timedelta(days=1)
+    return target.timestamp()

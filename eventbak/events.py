@@ -132,6 +132,14 @@ class EntryChanged(_Base, frozen=True):
     detail: str
 
 
+class EntryDeleted(_Base, frozen=True):
+    """A stored entry of an unfinished session was gone when the session resumed;
+    a restore of the session leaves it out."""
+
+    session: str
+    path: bytes
+
+
 # -- archives ---------------------------------------------------------------
 
 
@@ -187,6 +195,15 @@ class ArchiveUploaded(_Base, frozen=True):
 # -- the log itself ---------------------------------------------------------
 
 
+class OrphanRemoved(_Base, frozen=True):
+    """A leftover the log did not account for (a crash between an effect and
+    its event) was removed: a staged file, a vault temp file, an upload."""
+
+    where: str  # "staging" or the vault URL
+    name: str
+    size: int = 0
+
+
 class LogTailTruncated(_Base, frozen=True):
     """On open, a torn final record was cut off at `offset` (`dropped` bytes)."""
 
@@ -203,11 +220,13 @@ Event = (
     | SessionAbandoned
     | EntrySkipped
     | EntryChanged
+    | EntryDeleted
     | ArchiveStarted
     | ArchiveSealed
     | ArchiveDiscarded
     | UploadStarted
     | ArchiveUploaded
+    | OrphanRemoved
     | LogTailTruncated
 )
 
@@ -220,11 +239,13 @@ EVENT_TYPES: tuple[type[_Base], ...] = (
     SessionAbandoned,
     EntrySkipped,
     EntryChanged,
+    EntryDeleted,
     ArchiveStarted,
     ArchiveSealed,
     ArchiveDiscarded,
     UploadStarted,
     ArchiveUploaded,
+    OrphanRemoved,
     LogTailTruncated,
 )
 

@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import pathspec
+
+from eventbak import events as ev
 
 #: Kinds yielded: "file", "dir", "symlink" are stored; "special" and "error"
 #: become EntrySkipped events ("error" with exit code 3).
@@ -31,7 +33,11 @@ SPECIAL_NAMES = {
 
 
 class Entry:
-    __slots__ = ("kind", "path", "reason", "st", "target")
+    """One walked entry. `start` > 0: a split file whose first `start` bytes are
+    already stored (resume). `reason` explains "special"/"error" kinds, and for
+    stored kinds why an entry before the resume cursor is stored again."""
+
+    __slots__ = ("kind", "path", "reason", "st", "start", "target")
 
     def __init__(
         self,
@@ -40,12 +46,14 @@ class Entry:
         st: os.stat_result | None = None,
         target: bytes = b"",
         reason: str = "",
+        start: int = 0,
     ) -> None:
         self.path = path
         self.kind = kind
         self.st = st
         self.target = target
         self.reason = reason
+        self.start = start
 
     def __repr__(self) -> str:
         return f"Entry({self.path!r}, {self.kind})"
@@ -169,3 +177,106 @@ def _walk_tree(root: bytes, excluded: Callable[[bytes, bool], bool] | None) -> I
             yield Entry(path, "file", st)
         else:
             yield _classify(path, st)
+
+
+# -- resume ------------------------------------------------------------------
+
+
+@dataclass
+class _Stored:
+    """What a session already stored of one path (its segments merged)."""
+
+    member: ev.Member
+    covered: int  # bytes from offset 0 stored without a gap
+
+    @property
+    def complete(self) -> bool:
+        return self.member.kind != "file" or self.covered >= self.member.size
+
+
+def _merge_stored(members: Iterable[ev.Member]) -> Iterator[_Stored]:
+    """Stored members (in walk order) merged per path; later copies win."""
+    current: _Stored | None = None
+    for m in members:
+        if (
+            current is not None
+            and current.member.path == m.path
+            and m.kind == "file"
+            and m.offset != 0
+        ):
+            if m.offset == current.covered:
+                current.covered += m.length
+            continue
+        if current is not None and current.member.path != m.path:
+            yield current
+        current = _Stored(m, m.length if m.kind == "file" else 0)
+    if current is not None:
+        yield current
+
+
+def _same(entry: Entry, m: ev.Member) -> bool:
+    st = entry.st
+    if st is None:
+        return False
+    if entry.kind == "file":
+        if m.kind not in ("file", "hardlink") or m.size != st.st_size:
+            return False
+    elif entry.kind != m.kind:
+        return False
+    if entry.kind == "symlink" and entry.target != m.target:
+        return False
+    return (
+        m.mtime_ns == st.st_mtime_ns
+        and m.mode == stat.S_IMODE(st.st_mode)
+        and m.uid == st.st_uid
+        and m.gid == st.st_gid
+    )
+
+
+def resume_filter(
+    entries: Iterable[Entry], stored: Iterable[ev.Member], cursor: bytes | None
+) -> Iterator[Entry]:
+    """The entries still to store when a session resumes.
+
+    `stored` are the members of the session's non-discarded archives, in
+    walk order; `cursor` is the path of the last of them. Entries up to the
+    cursor are compared with what was stored (a merge of two sorted
+    streams, no index in memory): unchanged ones are dropped, changed or new
+    ones (and members of discarded archives) are stored again, and stored
+    paths that are gone come out as kind "deleted". A split file cut at the
+    cursor continues from its first missing byte if it did not change.
+    """
+    if cursor is None:
+        yield from entries
+        return
+    ckey = key(cursor)
+    pending = _merge_stored(stored)
+    nxt = next(pending, None)
+    for entry in entries:
+        ekey = key(entry.path)
+        if ekey > ckey:
+            while nxt is not None:  # stored but not walked: deleted
+                yield Entry(nxt.member.path, "deleted")
+                nxt = next(pending, None)
+            yield entry
+            continue
+        while nxt is not None and key(nxt.member.path) < ekey:
+            yield Entry(nxt.member.path, "deleted")
+            nxt = next(pending, None)
+        if nxt is None or nxt.member.path != entry.path:
+            if entry.kind in ("file", "dir", "symlink"):
+                entry.reason = "added before the resume point (new, or its archive was lost)"
+            yield entry
+            continue
+        done, nxt = nxt, next(pending, None)
+        if entry.kind in ("special", "error"):
+            yield entry
+        elif not _same(entry, done.member):
+            entry.reason = "changed since it was stored"
+            yield entry
+        elif not done.complete:
+            entry.start = done.covered  # continue a split file
+            yield entry
+    while nxt is not None:
+        yield Entry(nxt.member.path, "deleted")
+        nxt = next(pending, None)

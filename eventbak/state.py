@@ -131,8 +131,9 @@ class SessionState:
     archives_uploaded: int = 0
     bytes_uploaded: int = 0
     # `builtins.bytes`: the field `bytes` above shadows the type in this class body
-    skipped: list[tuple[builtins.bytes, str]] = field(default_factory=list)
-    changed: list[tuple[builtins.bytes, str]] = field(default_factory=list)
+    skipped: dict[builtins.bytes, str] = field(default_factory=dict)  # path -> reason
+    changed: dict[builtins.bytes, str] = field(default_factory=dict)  # path -> detail
+    deleted: set[builtins.bytes] = field(default_factory=set)  # gone since stored
     pauses: list[str] = field(default_factory=list)
     crashes: int = 0
     last_member: ev.Member | None = None
@@ -173,6 +174,7 @@ class State:
     archives: dict[str, ArchiveState] = field(default_factory=dict)
     seq: int = 0
     truncations: list[tuple[int, int]] = field(default_factory=list)
+    orphans: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def last_session(self) -> SessionState | None:
@@ -264,11 +266,15 @@ def _abandoned(state: State, e: Any) -> None:
 
 
 def _skipped(state: State, e: Any) -> None:
-    _session(state, e.session, e).skipped.append((e.path, e.reason))
+    _session(state, e.session, e).skipped[e.path] = e.reason
 
 
 def _changed(state: State, e: Any) -> None:
-    _session(state, e.session, e).changed.append((e.path, e.detail))
+    _session(state, e.session, e).changed[e.path] = e.detail
+
+
+def _deleted(state: State, e: Any) -> None:
+    _session(state, e.session, e).deleted.add(e.path)
 
 
 def _started(state: State, e: Any) -> None:
@@ -292,6 +298,8 @@ def _sealed(state: State, e: Any) -> None:
     a.members = e.members
     a.sealed_at = e.at
     s = state.sessions[a.session]
+    if s.deleted:  # stored again after it was found deleted
+        s.deleted.difference_update(m.path for m in e.members)
     for m in e.members:
         if m.kind == "file":
             if m.offset == 0:
@@ -316,6 +324,12 @@ def _discarded(state: State, e: Any) -> None:
                 s.bytes -= m.length
             elif m.kind == "hardlink":
                 s.files -= 1
+        s.last_member = None
+        for aid in reversed(s.archives):
+            other = state.archives[aid]
+            if other.state in ("sealed", "uploading", "uploaded") and other.members:
+                s.last_member = other.members[-1]
+                break
 
 
 def _upload_started(state: State, e: Any) -> None:
@@ -340,6 +354,10 @@ def _truncated(state: State, e: Any) -> None:
     state.truncations.append((e.offset, e.dropped))
 
 
+def _orphan(state: State, e: Any) -> None:
+    state.orphans.append((e.where, e.name))
+
+
 _HANDLERS: dict[type, Any] = {
     ev.SessionOpened: _opened,
     ev.SessionResumed: _resumed,
@@ -349,11 +367,13 @@ _HANDLERS: dict[type, Any] = {
     ev.SessionAbandoned: _abandoned,
     ev.EntrySkipped: _skipped,
     ev.EntryChanged: _changed,
+    ev.EntryDeleted: _deleted,
     ev.ArchiveStarted: _started,
     ev.ArchiveSealed: _sealed,
     ev.ArchiveDiscarded: _discarded,
     ev.UploadStarted: _upload_started,
     ev.ArchiveUploaded: _uploaded,
+    ev.OrphanRemoved: _orphan,
     ev.LogTailTruncated: _truncated,
 }
 

@@ -28,6 +28,12 @@ class Vault(Protocol):
     def put(self, key: str, source: Path, sha256: str) -> Stored:
         """Store `source` under `key` atomically; confirm the stored bytes hash to `sha256`."""
 
+    def confirm(self, key: str, sha256: str) -> Stored | None:
+        """What the vault holds under `key` if its checksum is `sha256`, else None."""
+
+    def remove_orphans(self) -> list[tuple[str, int]]:
+        """Remove leftovers of interrupted uploads; returns (name, size) of each."""
+
     def stat(self, key: str) -> int | None:
         """Size of the object under `key`, or None if absent."""
 

@@ -101,6 +101,29 @@ class LocalVault:
             )
         return Stored(key, size, confirmed)
 
+    def confirm(self, key: str, sha256: str) -> Stored | None:
+        dest = self._path(key)
+        try:
+            if sha256_file(dest) == sha256:
+                return Stored(key, dest.stat().st_size, sha256)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise VaultError(f"vault {self.root}: cannot read {key}: {exc.strerror}") from None
+        return None
+
+    def remove_orphans(self) -> list[tuple[str, int]]:
+        """Temp files of puts that never reached their rename."""
+        removed = []
+        for tmp in (self.root / "archives").glob("*/.*.tmp-*"):
+            try:
+                size = tmp.stat().st_size
+                tmp.unlink()
+            except FileNotFoundError:
+                continue
+            removed.append((str(tmp.relative_to(self.root)), size))
+        return removed
+
     def stat(self, key: str) -> int | None:
         try:
             return self._path(key).stat().st_size

@@ -20,7 +20,7 @@ import os
 import stat
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -140,14 +140,22 @@ class Packer:
 
     # -- packing ----------------------------------------------------------
 
-    def pack(self, entries: Iterable[Entry]) -> list[Output]:
-        """Pack a batch; returns the outputs produced so far (events, seals).
+    def pack(self, entries: Sequence[Entry], start: int = 0) -> tuple[list[Output], int]:
+        """Pack `entries[start:]` until the batch ends or an archive is sealed;
+        returns the outputs (events, the sealed archive last) and where to go
+        on. Stopping at each seal lets the caller make `ArchiveSealed` durable
+        before any more work is done, so staging never holds more than one
+        sealed archive the log does not know.
 
-        Raises Stopped (outputs so far kept in `take()`) when asked to stop.
+        Raises Stopped (outputs so far kept for `take()`) when asked to stop.
         """
-        for entry in entries:
+        sealed_before = self.progress.archives
+        i = start
+        while i < len(entries) and self.progress.archives == sealed_before:
             if self.stop.is_set():
                 raise Stopped
+            entry = entries[i]
+            i += 1
             kind = entry.kind
             if entry.reason and kind in ("file", "dir", "symlink"):
                 self._out.append(
@@ -167,7 +175,16 @@ class Packer:
                 )
             else:
                 self._skip(entry.path, entry.reason, special=kind == "special")
-        return self.take()
+        return self.take(), i
+
+    def pack_all(self, entries: Sequence[Entry]) -> list[Output]:
+        """Pack every entry (for callers that record outputs afterwards)."""
+        out: list[Output] = []
+        i = 0
+        while i < len(entries):
+            more, i = self.pack(entries, i)
+            out += more
+        return out
 
     def finish(self) -> list[Output]:
         """Seal the last archive; returns the remaining outputs."""
@@ -239,6 +256,13 @@ class Packer:
             return
         try:
             st = os.fstat(fd)
+        except OSError as exc:
+            os.close(fd)
+            self._skip(path, f"unreadable: {exc.strerror}")
+            return
+        # From here on an OSError is ours (staging full, ...), not the file's:
+        # read errors are handled in _copy; everything else stops the session.
+        try:
             if not stat.S_ISREG(st.st_mode):
                 self._skip(path, "vanished (no longer a regular file)")
                 return
@@ -250,10 +274,6 @@ class Packer:
             self._file_data(path, fd, st, entry.start)
             if st.st_nlink > 1:
                 self._links[(st.st_dev, st.st_ino)] = path
-        except OSError as exc:
-            # read errors (EIO...): the member is already in the tar, padded;
-            # only failures before the header reach here.
-            self._skip(path, f"unreadable: {exc.strerror}")
         finally:
             os.close(fd)
 

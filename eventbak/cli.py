@@ -24,6 +24,7 @@ from eventbak.config import (
     DEFAULT_ARCHIVE_SIZE,
     Compression,
     Config,
+    check_vault_url,
     default_state_dir,
     default_vault_url,
     load_config,
@@ -138,6 +139,9 @@ def _requests(
     except ValueError as exc:
         raise UsageError(f"--archive-size: {exc}") from None
     cfg = c.config
+
+    if vault:
+        check_vault_url(vault)
 
     def vault_for(name: str | None) -> tuple[str, int]:
         if vault:
@@ -485,9 +489,10 @@ def status(c: Ctx, as_json: bool) -> None:
     click.echo(f"  vault:       {s.vault}")
     click.echo(f"  opened:      {_when(s.opened_at)}   last event: {_when(s.updated_at)}")
     click.echo(f"  stored:      {s.files} files, {_human(s.bytes)}")
+    kept = [a for a in state.archives_of(s.id) if a.state != "discarded"]
     click.echo(
-        f"  archives:    {s.archives_uploaded} uploaded of {len(s.archives)} "
-        f"({_human(s.bytes_uploaded)})"
+        f"  archives:    {s.archives_uploaded} uploaded of {len(kept)} "
+        f"({_human(s.bytes_uploaded)}; {len(s.archives) - len(kept)} discarded)"
     )
     click.echo(f"  skipped:     {len(s.skipped)}   changed while read: {len(s.changed)}")
     why = ", ".join(s.pauses + ["crash"] * s.crashes) or "none"
@@ -528,7 +533,7 @@ def replay(c: Ctx, as_json: bool, verify: bool, until: int | None, machines: boo
         image = read_log(path, until)
     except LogCorrupt as exc:
         if verify:
-            click.echo(f"verify: FAILED at offset {exc.offset}: {exc.detail}")
+            _verdict(as_json, False, exc.offset, exc.detail)
         raise
     state = State()
     for rec in image.records:
@@ -536,7 +541,7 @@ def replay(c: Ctx, as_json: bool, verify: bool, until: int | None, machines: boo
             apply(state, rec.event)
         except IllegalTransition as exc:
             if verify:
-                click.echo(f"verify: FAILED at offset {rec.offset} (event {rec.seq}): {exc}")
+                _verdict(as_json, False, rec.offset, f"event {rec.seq}: {exc}")
             raise EventbakError(
                 f"event log {path}: event {rec.seq} at offset {rec.offset}: {exc}"
             ) from None
@@ -569,11 +574,22 @@ def replay(c: Ctx, as_json: bool, verify: bool, until: int | None, machines: boo
             f"({image.torn.dropped} bytes: {image.torn.reason})"
         )
         if verify:
-            click.echo(f"verify: FAILED at offset {image.torn.offset}: {msg}")
+            _verdict(as_json, False, image.torn.offset, msg)
             sys.exit(1)
         click.echo(f"eventbak: warning: {msg}; it is cut off at the next backup", err=True)
     elif verify:
-        click.echo(f"verify: ok ({len(image.records)} events)")
+        _verdict(as_json, True, None, f"{len(image.records)} events")
+
+
+def _verdict(as_json: bool, ok: bool, offset: int | None, detail: str) -> None:
+    if as_json:
+        click.echo(
+            json.dumps({"verify": "ok" if ok else "failed", "offset": offset, "detail": detail})
+        )
+    elif ok:
+        click.echo(f"verify: ok ({detail})")
+    else:
+        click.echo(f"verify: FAILED at offset {offset}: {detail}")
 
 
 def _count_states(state: State) -> dict[str, int]:

@@ -126,6 +126,17 @@ def load_config(path: Path) -> Config:
         raise ConfigError(f"config file {path}: not UTF-8 text") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path}: invalid TOML: {exc}") from None
+    vaults = data.get("vaults")
+    if isinstance(vaults, dict):  # msgspec does not name dict keys in its paths
+        for name, table in vaults.items():
+            try:
+                msgspec.convert(table, VaultConfig)
+            except msgspec.ValidationError as exc:
+                msg = str(exc)
+                where = f"$.vaults.{name}"
+                m = re.match(r"^(.*?) - at `\$([^`]*)`$", msg)
+                msg = f"{m.group(1)} - at `{where}{m.group(2)}`" if m else f"{msg} - at `{where}`"
+                raise ConfigError(f"config file {path}: {_explain(msg)}") from None
     try:
         cfg = msgspec.convert(data, Config)
     except msgspec.ValidationError as exc:
@@ -137,10 +148,10 @@ def load_config(path: Path) -> Config:
 def _explain(msg: str) -> str:
     # msgspec says e.g. "Object contains unknown field `x` - at `$.vaults.a`"
     # or "Expected `str`, got `int` - at `$.y`"
-    m = re.match(r"^(.*?) - at `([^`]*)`$", msg)
+    m = re.match(r"^(.*?)(?: - at `([^`]*)`)?$", msg)
     if not m:
         return msg
-    what, where = m.groups()
+    what, where = m.group(1), m.group(2) or "$"
     unknown = re.match(r"Object contains unknown field `([^`]*)`", what)
     if unknown:
         key = unknown.group(1)

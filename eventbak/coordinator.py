@@ -206,11 +206,10 @@ class Session:
 
     # -- recovery ------------------------------------------------------------
 
-    def recover(self, after: str) -> None:
-        """Bring an unfinished session back to a state the pipeline can continue
+    def recover(self) -> None:
+        """Bring a resumed session back to a state the pipeline can continue
         from (blocking: hashes staged files and asks the vault)."""
         sd, state = self.sd, self.sd.state
-        sd.record(ev.SessionResumed(at=time.time(), session=self.id, after=after, pid=os.getpid()))
         for a in state.archives_of(self.id):
             staged = sd.staging / a.staged if a.staged else None
             if a.state == "building":
@@ -287,8 +286,10 @@ class Session:
 
     def _scan_thread(self, send: trio.MemorySendChannel[list[Entry]]) -> None:
         exclude = Exclude(self.req.exclude) if self.req.exclude else None
+        own = [self.sd.root, getattr(self.vault, "root", None)]
+        skip = frozenset(os.fsencode(os.path.abspath(p)) for p in own if p is not None)
         entries = resume_filter(
-            walk(self.req.paths, exclude), self._resume_stored, self._resume_cursor
+            walk(self.req.paths, exclude, skip), self._resume_stored, self._resume_cursor
         )
         batch: list[Entry] = []
         size = 0
@@ -333,8 +334,10 @@ class Session:
         async with recv, send:
             try:
                 async for batch in recv:
-                    outputs = await trio.to_thread.run_sync(self.packer.pack, batch)
-                    await self._emit(outputs, send)
+                    done = 0
+                    while done < len(batch):
+                        outputs, done = await trio.to_thread.run_sync(self.packer.pack, batch, done)
+                        await self._emit(outputs, send)
                 if self.stop.is_set():
                     raise Stopped
                 await self._emit(await trio.to_thread.run_sync(self.packer.finish), send)
@@ -364,6 +367,7 @@ class Session:
         self.sd.record(
             ev.UploadStarted(at=time.time(), archive=sealed.archive, vault=self.vault.url, key=key)
         )
+        self.sd.commit()  # write-ahead: every attempt to send is on record
         stored = await trio.to_thread.run_sync(
             self.vault.put, key, path, sealed.sha256, abandon_on_cancel=True
         )
@@ -537,22 +541,34 @@ async def run_backup(
     """Run (or resume) the session for `req` until it completes or pauses."""
     options = options or RunOptions()
     await trio.to_thread.run_sync(vault.prepare)
-    previous = find_unfinished(sd, req)
-    if previous is not None and options.new_session:
-        _abandon(sd, previous)
-        previous = None
-    if previous is not None:
-        session = Session(sd, previous.id, _session_request(previous), vault, on_progress, options)
-        after = "paused" if previous.state == "paused" else "crash"
-        await trio.to_thread.run_sync(session.remove_orphans)
-        await trio.to_thread.run_sync(session.recover, after)
-        outcome = await session.run()
-        outcome.resumed = True
-        return outcome
-    sid = open_session(sd, req)
-    session = Session(sd, sid, req, vault, on_progress, options)
-    await trio.to_thread.run_sync(session.remove_orphans)
-    return await session.run()
+    try:
+        previous = find_unfinished(sd, req)
+        if previous is not None and options.new_session:
+            _abandon(sd, previous)
+            previous = None
+        if previous is None:
+            sid = open_session(sd, req)
+            session = Session(sd, sid, req, vault, on_progress, options)
+            await trio.to_thread.run_sync(session.remove_orphans)
+        else:
+            after = "paused" if previous.state == "paused" else "crash"
+            sd.record(
+                ev.SessionResumed(at=time.time(), session=previous.id, after=after, pid=os.getpid())
+            )
+            sd.commit()  # first: a crash during recovery still counts as an interruption
+            session = Session(
+                sd, previous.id, _session_request(previous), vault, on_progress, options
+            )
+            await trio.to_thread.run_sync(session.remove_orphans)
+            await trio.to_thread.run_sync(session.recover)
+    except OSError as exc:
+        raise EventbakError(
+            f"cannot prepare the session: {_describe(exc)} (the event log in {sd.root} "
+            "keeps its last durable event; the next backup resumes from there)"
+        ) from None
+    outcome = await session.run()
+    outcome.resumed = previous is not None
+    return outcome
 
 
 def _abandon(sd: StateDir, s: SessionState) -> None:

@@ -15,7 +15,6 @@ without `overwrite`, and files are created with O_EXCL | O_NOFOLLOW.
 
 from __future__ import annotations
 
-import fnmatch
 import hashlib
 import os
 import re
@@ -48,7 +47,7 @@ class Item:
 
 @dataclass
 class Plan:
-    session: SessionState
+    sessions: list[SessionState]
     by_archive: list[tuple[ArchiveState, dict[bytes, list[Item]]]]
     links: list[Item]  # hard links made after everything else
     dirs: list[Item]
@@ -58,7 +57,9 @@ class Plan:
     warnings: list[str] = field(default_factory=list)
 
 
-def choose_session(state: State, session: str | None) -> SessionState:
+def choose_sessions(state: State, session: str | None) -> list[SessionState]:
+    """`--session` (id or unique prefix), else the latest completed session of
+    each dataset (or, for a dataset with none, its latest with uploads)."""
     if session:
         matches = [s for s in state.sessions.values() if s.id == session]
         if not matches:
@@ -66,17 +67,54 @@ def choose_session(state: State, session: str | None) -> SessionState:
         if len(matches) != 1:
             what = "no session" if not matches else "more than one session"
             raise UsageError(f"{what} matches --session {session!r}")
-        return matches[0]
-    completed = [s for s in state.sessions.values() if s.state == "completed"]
-    if completed:
-        return completed[-1]
-    usable = [s for s in state.sessions.values() if s.archives_uploaded]
-    if usable:
-        return usable[-1]
-    raise EventbakError("nothing to restore: the log has no session with uploaded archives")
+        return matches
+    latest: dict[str, SessionState] = {}
+    fallback: dict[str, SessionState] = {}
+    for s in state.sessions.values():
+        if s.state == "completed":
+            latest[s.dataset] = s
+        elif s.archives_uploaded:
+            fallback[s.dataset] = s
+    for dataset, s in fallback.items():
+        latest.setdefault(dataset, s)
+    if not latest:
+        raise EventbakError("nothing to restore: the log has no session with uploaded archives")
+    return sorted(latest.values(), key=lambda s: s.opened_at)
+
+
+def glob_regex(pattern: bytes) -> re.Pattern[bytes]:
+    """Shell-style: `*` and `?` stay within one path component, `**` crosses
+    them, `[...]` is a character class."""
+    out = []
+    i, n = 0, len(pattern)
+    while i < n:
+        c = pattern[i : i + 1]
+        if pattern.startswith(b"**", i):
+            out.append(b".*")
+            i += 2
+            continue
+        if c == b"*":
+            out.append(b"[^/]*")
+        elif c == b"?":
+            out.append(b"[^/]")
+        elif c == b"[":
+            end = pattern.find(b"]", i + 2 if pattern.startswith(b"[!", i) else i + 1)
+            if end < 0:
+                out.append(re.escape(c))
+            else:
+                body = pattern[i + 1 : end]
+                if body.startswith(b"!"):
+                    body = b"^" + body[1:]
+                out.append(b"[" + body.replace(b"\\", b"\\\\") + b"]")
+                i = end
+        else:
+            out.append(re.escape(c))
+        i += 1
+    return re.compile(b"".join(out) + b"\\Z", re.DOTALL)
 
 
 def _pattern_matcher(patterns: list[bytes]) -> Callable[[bytes], bool]:
+    """A path matches if it, or a directory above it, is a pattern."""
     if not patterns:
         return lambda p: True
     exact: list[bytes] = []
@@ -84,7 +122,7 @@ def _pattern_matcher(patterns: list[bytes]) -> Callable[[bytes], bool]:
     for pat in patterns:
         pat = os.path.normpath(os.path.abspath(pat))
         if any(c in pat for c in (b"*", b"?", b"[")):
-            globs.append(re.compile(os.fsencode(fnmatch.translate(os.fsdecode(pat)))))
+            globs.append(glob_regex(pat))
         else:
             exact.append(pat.rstrip(b"/") or b"/")
 
@@ -104,24 +142,38 @@ def _pattern_matcher(patterns: list[bytes]) -> Callable[[bytes], bool]:
 
 
 def plan_restore(state: State, patterns: list[bytes], session: str | None) -> Plan:
-    s = choose_session(state, session)
+    sessions = choose_sessions(state, session)
     match = _pattern_matcher(patterns)
-    plan = Plan(session=s, by_archive=[], links=[], dirs=[], count=0, size=0)
+    plan = Plan(sessions=sessions, by_archive=[], links=[], dirs=[], count=0, size=0)
     files_by_path: dict[bytes, list[tuple[ArchiveState, ev.Member]]] = {}
     selected: dict[bytes, list[tuple[ArchiveState, ev.Member]]] = {}
-    for a in state.archives_of(s.id):
-        if a.state != "uploaded":
-            if a.state != "discarded":
-                plan.missing += len(a.members)
-            continue
-        for m in a.members:
-            if m.kind == "file":
-                files_by_path.setdefault(m.path, []).append((a, m))
-            if match(m.path):
-                selected.setdefault(m.path, []).append((a, m))
+    order: list[str] = []
+    for s in sessions:
+        for a in state.archives_of(s.id):
+            order.append(a.id)
+            if a.state != "uploaded":
+                if a.state != "discarded":
+                    plan.missing += len(a.members)
+                continue
+            for m in a.members:
+                # A path stored again (resume after a change, or a later
+                # session of another dataset) starts a new generation: only
+                # the last one is restored.
+                new_generation = m.kind != "file" or m.offset == 0
+                if m.kind == "file":
+                    if new_generation:
+                        files_by_path[m.path] = []
+                    files_by_path.setdefault(m.path, []).append((a, m))
+                if match(m.path):
+                    if new_generation:
+                        selected[m.path] = []
+                    selected.setdefault(m.path, []).append((a, m))
+        for gone in s.deleted:
+            selected.pop(gone, None)
     if not selected:
+        ids = ", ".join(s.id for s in sessions)
         raise EventbakError(
-            f"nothing to restore: no backed-up entry of session {s.id} matches "
+            f"nothing to restore: no backed-up entry of session {ids} matches "
             + (" ".join(ev.show_path(p) for p in patterns) if patterns else "anything")
         )
     work: dict[str, dict[bytes, list[Item]]] = {}
@@ -151,13 +203,17 @@ def plan_restore(state: State, patterns: list[bytes], session: str | None) -> Pl
                 plan.count += 1
             if m.kind == "file":
                 plan.size += m.length
-    order = [a.id for a in state.archives_of(s.id)]
     plan.by_archive = [(archives[aid], work[aid]) for aid in order if aid in work]
     if plan.missing:
-        plan.warnings.append(
-            f"{plan.missing} entries of session {s.id} are in archives not uploaded yet"
-        )
+        plan.warnings.append(f"{plan.missing} entries are in archives not uploaded yet")
     return plan
+
+
+def _lexists_not_dir(path: bytes) -> bool:
+    try:
+        return not stat.S_ISDIR(os.lstat(path).st_mode)
+    except FileNotFoundError:
+        return False
 
 
 class _Extractor:
@@ -206,8 +262,15 @@ class _Extractor:
     def _open_new(self, dest: bytes) -> int:
         flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
         if self.overwrite:
-            if os.path.lexists(dest) and not os.path.isfile(dest):
-                os.unlink(dest)
+            try:
+                if not stat.S_ISREG(os.lstat(dest).st_mode):
+                    os.unlink(dest)  # a symlink (never followed) or other non-file
+            except FileNotFoundError:
+                pass
+            except IsADirectoryError:
+                raise EventbakError(
+                    f"cannot restore file {ev.show_path(dest)}: a directory is in the way"
+                ) from None
             return os.open(dest, flags | os.O_TRUNC, 0o600)
         return os.open(dest, flags | os.O_EXCL, 0o600)
 
@@ -259,7 +322,7 @@ class _Extractor:
         m = item.member
         dest = self.dest(item.dest)
         self.parent_ok(dest)
-        if self.overwrite and os.path.lexists(dest) and not os.path.isdir(dest):
+        if self.overwrite and _lexists_not_dir(dest):
             os.unlink(dest)
         os.symlink(m.target, dest)
         if self.root:
@@ -270,7 +333,7 @@ class _Extractor:
     def hardlink(self, item: Item) -> None:
         dest = self.dest(item.dest)
         self.parent_ok(dest)
-        if self.overwrite and os.path.lexists(dest) and not os.path.isdir(dest):
+        if self.overwrite and _lexists_not_dir(dest):
             os.unlink(dest)
         os.link(self.dest(item.member.target.lstrip(b"/")), dest, follow_symlinks=False)
         self.files += 1
@@ -344,7 +407,10 @@ def restore(
 ) -> RestoreReport:
     started = time.monotonic()
     plan = plan_restore(state, patterns, session)
-    to.mkdir(parents=True, exist_ok=True)
+    try:
+        to.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"--to {to}: {exc.strerror}") from None
     ex = _Extractor(to, overwrite)
     if not overwrite:
         clashes = [
@@ -372,9 +438,10 @@ def restore(
             ex.hardlink(item)
         ex.finish_dirs(plan.dirs)
     except OSError as exc:
-        raise EventbakError(f"restore failed: {exc.strerror} ({exc.filename!s})") from None
+        where = os.fsdecode(exc.filename) if exc.filename is not None else "?"
+        raise EventbakError(f"restore failed: {exc.strerror}: {where}") from None
     return RestoreReport(
-        plan.session.id,
+        ", ".join(s.id for s in plan.sessions),
         ex.files + len(plan.dirs),
         ex.bytes,
         time.monotonic() - started,

@@ -113,8 +113,11 @@ def _classify(path: bytes, st: os.stat_result) -> Entry:
     return Entry(path, "special", st, reason=SPECIAL_NAMES.get(fmt, "special file"))
 
 
-def walk(roots: list[bytes], exclude: Exclude | None = None) -> Iterator[Entry]:
-    """Every entry under `roots` (normalized with `normalize_roots`), in walk order."""
+def walk(
+    roots: list[bytes], exclude: Exclude | None = None, skip: frozenset[bytes] = frozenset()
+) -> Iterator[Entry]:
+    """Every entry under `roots` (normalized with `normalize_roots`), in walk order.
+    Directories in `skip` (eventbak's own state dir and local vault) are left out."""
     for root in roots:
         try:
             st = os.lstat(root)
@@ -128,7 +131,7 @@ def walk(roots: list[bytes], exclude: Exclude | None = None) -> Iterator[Entry]:
         yield entry
         if entry.kind == "dir":
             excluded = exclude.matcher(root) if exclude else None
-            yield from _walk_tree(root, excluded)
+            yield from _walk_tree(root, excluded, skip)
 
 
 def _listing(path: bytes) -> list[os.DirEntry[bytes]] | str:
@@ -143,7 +146,9 @@ def _listing(path: bytes) -> list[os.DirEntry[bytes]] | str:
     return entries
 
 
-def _walk_tree(root: bytes, excluded: Callable[[bytes, bool], bool] | None) -> Iterator[Entry]:
+def _walk_tree(
+    root: bytes, excluded: Callable[[bytes, bool], bool] | None, skip: frozenset[bytes]
+) -> Iterator[Entry]:
     first = _listing(root)
     if isinstance(first, str):
         yield Entry(root, "error", reason=first)
@@ -165,6 +170,8 @@ def _walk_tree(root: bytes, excluded: Callable[[bytes, bool], bool] | None) -> I
             continue
         is_dir = stat.S_ISDIR(st.st_mode)
         if excluded is not None and excluded(path, is_dir):
+            continue
+        if is_dir and skip and path in skip:
             continue
         if is_dir:
             yield Entry(path, "dir", st)

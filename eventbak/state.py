@@ -213,9 +213,8 @@ def _step_archive(a: ArchiveState, trigger: str, event: ev.Event) -> None:
 
 def apply(state: State, event: ev.Event) -> State:
     """Fold one event into `state` (in place) and return it."""
-    state.seq += 1
-    handler = _HANDLERS[type(event)]
-    handler(state, event)
+    _HANDLERS[type(event)](state, event)
+    state.seq += 1  # only once the event was accepted
     return state
 
 
@@ -238,9 +237,9 @@ def _opened(state: State, e: Any) -> None:
 
 def _resumed(state: State, e: Any) -> None:
     s = _session(state, e.session, e)
+    _step_session(s, "resume", e)
     if e.after == "crash":
         s.crashes += 1
-    _step_session(s, "resume", e)
 
 
 def _paused(state: State, e: Any) -> None:

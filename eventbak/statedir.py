@@ -56,12 +56,15 @@ class StateDir:
         except OSError as exc:
             raise UsageError(f"state dir {root}: {exc.strerror}") from None
         lock_fd = _lock(root / "lock")
+        log: EventLog | None = None
         try:
             log, image = EventLog.open(log_path(root))
             state = State()
             for rec in image.records:
                 apply(state, rec.event)
         except BaseException:
+            if log is not None:
+                log.close()
             os.close(lock_fd)
             raise
         sd = cls(root, lock_fd, log, state, image.torn)

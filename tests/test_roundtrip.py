@@ -235,7 +235,7 @@ def test_file_that_vanishes_before_it_is_read_is_skipped(tmp_path: Path) -> None
     f.write_text("soon gone")
     packer, entries = _pack_one(tmp_path, f)
     f.unlink()  # between the scan and the read, as a real concurrent delete would
-    outputs = packer.pack(entries) + packer.finish()
+    outputs = packer.pack_all(entries) + packer.finish()
     skipped = [o for o in outputs if type(o).__name__ == "EntrySkipped"]
     assert [(o.path, o.reason) for o in skipped] == [(os.fsencode(f), "vanished")]
 
@@ -259,7 +259,7 @@ def test_file_that_shrinks_while_read_is_recorded_and_archive_stays_valid(
         return data
 
     monkeypatch.setattr(builder.os, "read", read_then_truncate)
-    outputs = packer.pack(entries) + packer.finish()
+    outputs = packer.pack_all(entries) + packer.finish()
     monkeypatch.undo()
     changed = [o for o in outputs if type(o).__name__ == "EntryChanged"]
     assert len(changed) == 1 and changed[0].path == os.fsencode(f)
@@ -296,7 +296,7 @@ def test_file_that_grows_while_read_is_cut_at_its_size(
         return result
 
     monkeypatch.setattr(builder.os, "fstat", fstat_then_append)
-    outputs = packer.pack(entries) + packer.finish()
+    outputs = packer.pack_all(entries) + packer.finish()
     monkeypatch.undo()
     changed = [o for o in outputs if type(o).__name__ == "EntryChanged"]
     assert len(changed) == 1

@@ -9,9 +9,12 @@ concatenated frames as one stream, so `zstd -dc A | tar x` restores it.
 
 Header choices (see docs/formats.md):
 * member names are the absolute path without its leading "/";
-* ustar fields where they fit, pax records where they do not (long or
-  non-UTF-8 names and link targets, sizes >= 8 GiB, ids >= 2^21, mtimes
-  before 1970); whole-second mtimes in the tar (the catalog keeps ns);
+* ustar fields where they fit (raw name bytes, UTF-8 or not), pax records
+  where they do not (names over 256 bytes or that cannot be split at a "/",
+  link targets over 100 bytes, sizes >= 8 GiB, ids >= 2^21, mtimes before
+  1970 or after 2514); a pax record holding bytes that are not UTF-8 comes
+  with `hdrcharset=BINARY`; whole-second mtimes in the tar (the catalog
+  keeps nanoseconds);
 * no user/group names (restore uses the numeric ids, like `tar --numeric-owner`);
 * a segment of a split file is named `NAME.eventbak-seg-<15-digit offset>`,
   so `cat NAME.eventbak-seg-* > NAME` joins the parts by hand.
@@ -165,6 +168,7 @@ def tar_header(
         prefix, short = b"", name[-100:]
     else:
         prefix, short = split
+    binary = not (_utf8(name) and _utf8(linkname))
     if len(linkname) > 100:
         pax.append(_pax_record(b"linkpath", linkname))
         linkname = linkname[:100]
@@ -180,7 +184,7 @@ def tar_header(
             pax.append(_pax_record(key, str(value).encode()))
             enc = b"0" * (width - 1) + b"\0"
         fields.append(enc)
-    if pax and not (_utf8(name) and _utf8(linkname)):
+    if pax and binary:
         pax.insert(0, _pax_record(b"hdrcharset", b"BINARY"))
     mode_enc = _octal(mode & 0o7777, 8)
     assert mode_enc is not None

@@ -104,7 +104,7 @@ def _when(t: float) -> str:
     envvar="EVENTBAK_STATE_DIR",
     help="Where the event log and staging live (env EVENTBAK_STATE_DIR).",
 )
-@click.option("-v", "--verbose", count=True, help="More detail (repeat for more).")
+@click.option("-v", "--verbose", count=True, help="More detail (backup lists every archive).")
 @click.version_option(__version__, prog_name="eventbak")
 @click.pass_context
 def main(
@@ -266,8 +266,9 @@ def backup(
     max_duration: str | None,
     grace: float,
 ) -> None:
-    """Back up PATHs (or every dataset of the config). An unfinished session
-    for the same paths and vault is resumed where it stopped."""
+    """Back up PATHs, or every dataset of the config (one session each).
+    An unfinished session for the same paths and vault is resumed where it
+    stopped."""
     reqs = _requests(c, paths, vault, archive_size, compression)
     deadline = _deadline(until, max_duration)
     options = RunOptions(deadline=deadline, grace=grace, new_session=new_session)
@@ -304,6 +305,13 @@ def backup(
             outcomes.append(outcome)
             if not as_json:
                 _print_outcome(outcome)
+                if c.verbose:
+                    for a in sd.state.archives_of(outcome.session.id):
+                        click.echo(
+                            f"  archive {a.id} {a.state}: {_human(a.size)}, "
+                            f"{len(a.members)} members, sha256 {a.sha256[:16]}"
+                            + (f" ({a.discard_reason})" if a.discard_reason else "")
+                        )
             if outcome.paused_for:
                 break  # a stop request or deadline applies to the whole run
     finally:

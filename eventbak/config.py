@@ -192,6 +192,8 @@ def _validate(cfg: Config, path: Path) -> None:
             fail(f"{where}.paths", "needs at least one path")
         if ds.vault is not None and ds.vault not in cfg.vaults:
             fail(f"{where}.vault", f"no vault named {ds.vault!r} under [vaults]")
+        if ds.vault is None and len(cfg.vaults) > 1:
+            fail(f"{where}.vault", f"needed: [vaults] has {len(cfg.vaults)} vaults, say which")
         try:
             parse_compression(ds.compression)
         except ValueError as exc:

@@ -8,8 +8,10 @@ are integer nanoseconds.
 
 Compatibility: new optional fields may be added at the end of a struct (old
 readers ignore them, new readers fill in defaults); a field is never renamed
-or re-typed; a new event kind needs a new log format version only if old
-readers must not skip it. See docs/formats.md.
+or re-typed. An event kind this version does not know is reported as
+corruption ("written by a newer eventbak?"), so a new kind needs a newer
+reader; the log's format version (log.py) changes only with its framing.
+See docs/formats.md.
 """
 
 from __future__ import annotations
@@ -17,9 +19,6 @@ from __future__ import annotations
 from typing import Literal
 
 import msgspec
-
-#: Version of the event schema, written in the log header (see log.py).
-SCHEMA_VERSION = 1
 
 MemberKind = Literal["file", "dir", "symlink", "hardlink"]
 

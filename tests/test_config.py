@@ -170,6 +170,7 @@ vault = "local"
 [[datasets]]
 name = "minimal"
 paths = ["/opt"]
+vault = "small"
 """
 
 
@@ -199,7 +200,7 @@ def test_load_full_example(tmp_path: Path) -> None:
     assert home.vault == "nas"
     assert photos.vault == "local"
     assert parse_compression(photos.compression) == Compression("none")
-    assert minimal.vault is None
+    assert minimal.vault == "small"
     assert minimal.exclude == []
     assert minimal.compression == "auto"
 
@@ -388,3 +389,10 @@ def test_invalid_toml_message_has_the_line(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"line 3") as info:
         load_config(p)
     assert str(p) in str(info.value)
+
+
+def test_dataset_without_vault_among_several_vaults_is_an_error(tmp_path: Path) -> None:
+    text = FULL.replace('paths = ["/opt"]\nvault = "small"\n', 'paths = ["/opt"]\n')
+    with pytest.raises(ConfigError) as exc:
+        load_config(write(tmp_path, text))
+    assert "datasets[2].vault" in str(exc.value) and "say which" in str(exc.value)

@@ -75,7 +75,9 @@ class LocalVault:
         try:
             if dest.exists() and sha256_file(dest) == sha256:
                 return Stored(key, dest.stat().st_size, sha256)
-            dest.parent.mkdir(parents=True, exist_ok=True)
+            if not dest.parent.is_dir():
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                _fsync_dir(dest.parent.parent)  # the new directory entry is durable too
             tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
             tmp.unlink(missing_ok=True)
             try:

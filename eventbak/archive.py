@@ -89,8 +89,14 @@ MEDIA_SUFFIXES = frozenset(
     ]
 )
 MEDIA_LEVEL = -1
+#: zstd worker threads (compression runs beside the Python work; 0 = inline)
+ZSTD_THREADS = 2
 _TEXT, _MEDIA = 0, 1
 _MAX_MTIME = 8**11 - 1
+_MAX_NUM = 8**11 - 1  # 11 octal digits: sizes and mtimes
+_MAX_ID = 8**7 - 1  # 7 octal digits: uid, gid
+#: magic, version, uname, gname, devmajor, devminor, an empty prefix, padding
+_USTAR_TAIL = b"ustar\x0000" + b"\0" * 80 + b"\0" * 155 + b"\0" * 12
 
 
 def is_media(path: bytes) -> bool:
@@ -161,6 +167,26 @@ def tar_header(
 ) -> bytes:
     """The header block(s) for one member: ustar, preceded by a pax header
     when a field does not fit. `mtime` is whole seconds."""
+    if (
+        len(name) <= 100
+        and len(linkname) <= 100
+        and 0 <= uid <= _MAX_ID
+        and 0 <= gid <= _MAX_ID
+        and 0 <= size <= _MAX_NUM
+        and 0 <= mtime <= _MAX_NUM
+    ):  # the common case, in one formatting step (it is per file: keep it lean)
+        h = b"%s%07o\0%07o\0%07o\0%011o\0%011o\0        %s%s%s" % (
+            name.ljust(100, b"\0"),
+            mode & 0o7777,
+            uid,
+            gid,
+            size,
+            mtime,
+            typeflag,
+            linkname.ljust(100, b"\0"),
+            _USTAR_TAIL,
+        )
+        return h[:148] + b"%06o\0 " % sum(h) + h[156:]
     pax: list[bytes] = []
     split = _split_ustar_name(name)
     if split is None:
@@ -260,7 +286,10 @@ class ArchiveWriter:
             if compression.mode == "auto":
                 levels.append(MEDIA_LEVEL)
             for level in levels:
-                cctx = zstandard.ZstdCompressor(level=level, write_checksum=True)
+                # worker threads for the main level only: media frames are stored
+                # almost as they are, and each worker pool costs its own buffers
+                threads = ZSTD_THREADS if level == compression.level else 0
+                cctx = zstandard.ZstdCompressor(level=level, write_checksum=True, threads=threads)
                 self._writers.append(
                     cctx.stream_writer(
                         self._sink,  # type: ignore[arg-type]

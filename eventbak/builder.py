@@ -30,6 +30,8 @@ from eventbak.config import Compression
 from eventbak.scanner import Entry
 
 CHUNK = 1024 * 1024
+#: Files up to this size are read with one call and written with one call.
+SMALL_FILE = 256 * 1024
 #: A file that does not fit is split only if at least this much room is left;
 #: otherwise the archive is sealed and the file starts in the next one.
 MIN_SEGMENT = 256 * 1024
@@ -313,7 +315,24 @@ class Packer:
         need = len(whole) + ar.padded(size)
         fresh_room = self.limit - ar.ArchiveWriter.worst_case(0) - ar.ArchiveWriter.END_RESERVE
         changed: list[str] = []
-        if start == 0 and ar.ArchiveWriter.worst_case(need) <= fresh_room:
+        if start == 0 and size <= SMALL_FILE and ar.ArchiveWriter.worst_case(need) <= fresh_room:
+            # one read (a byte more than expected tells that it grew), one write
+            try:
+                data = os.read(fd, size + 1)
+            except OSError as exc:
+                changed.append(f"read error: {exc.strerror}")
+                data = b""
+            if len(data) != size:
+                if not changed:
+                    changed.append("grew while read" if len(data) > size else "shrank while read")
+                data = data[:size].ljust(size, b"\0")
+            cur = self._fit(need)
+            cur.writer.select(path)
+            cur.writer.write(whole + data + bytes(need - len(whole) - size))
+            self.progress.bytes += size
+            _check_unchanged(fd, st, changed)
+            self._add_member(cur, path, st, 0, size, changed)
+        elif start == 0 and ar.ArchiveWriter.worst_case(need) <= fresh_room:
             cur = self._fit(need)
             cur.writer.select(path)
             cur.writer.write(whole)

@@ -37,6 +37,7 @@ from eventbak.coordinator import (
     Outcome,
     Progress,
     RunOptions,
+    catch_signals_early,
     find_unfinished,
     parse_duration,
     parse_until,
@@ -272,6 +273,7 @@ def backup(
     reqs = _requests(c, paths, vault, archive_size, compression)
     deadline = _deadline(until, max_duration)
     options = RunOptions(deadline=deadline, grace=grace, new_session=new_session)
+    catch_signals_early()
     sd = StateDir.open(c.state_dir)
     outcomes: list[Outcome] = []
     try:

@@ -150,8 +150,10 @@ class Session:
         vault: Vault,
         on_progress: Callable[[Progress], None] | None = None,
         options: RunOptions | None = None,
+        stopper: Stopper | None = None,
     ) -> None:
         self.sd = sd
+        self.stopper = stopper
         self.id = session_id
         self.req = req
         self.vault = vault
@@ -192,13 +194,6 @@ class Session:
         await trio.sleep(self.options.grace)
         if self._work_scope is not None:
             self._work_scope.cancel()
-
-    async def _watch_signals(self) -> None:
-        # Drains signals for the whole run, so a second SIGTERM never reaches
-        # the default handler (which would kill us mid-shutdown).
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-            async for signum in signals:
-                self.request_stop(f"signal {signal.Signals(signum).name}")
 
     async def _watch_deadline(self, deadline: float) -> None:
         await trio.sleep(max(0.0, deadline - time.time()))
@@ -412,8 +407,8 @@ class Session:
         try:
             async with trio.open_nursery() as outer:
                 self._nursery = outer
-                if self.options.signals and threading.current_thread() is threading.main_thread():
-                    outer.start_soon(self._watch_signals)
+                if self.stopper is not None:
+                    self.stopper.attach(self)
                 if self.options.deadline is not None:
                     outer.start_soon(self._watch_deadline, self.options.deadline)
                 if self.on_progress is not None:
@@ -531,6 +526,50 @@ def _session_request(s: SessionState) -> BackupRequest:
     )
 
 
+class Stopper:
+    """Routes stop requests (signals) to the session that is running, and
+    remembers one that comes before any session does."""
+
+    def __init__(self, reason: str = "") -> None:
+        self.reason = reason
+        self.session: Session | None = None
+
+    def attach(self, session: Session) -> None:
+        self.session = session
+        if self.reason:
+            session.request_stop(self.reason)
+
+    def request(self, reason: str) -> None:
+        if self.session is not None:
+            self.session.request_stop(reason)
+        elif not self.reason:
+            self.reason = reason
+
+    async def watch_signals(
+        self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        # Drains signals for the whole run, so a second SIGTERM never reaches
+        # the default handler (which would kill us mid-shutdown).
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            task_status.started()
+            async for signum in signals:
+                self.request(f"signal {signal.Signals(signum).name}")
+
+
+_early_signals: list[str] = []
+
+
+def catch_signals_early() -> None:
+    """Until the Trio watcher takes over, remember SIGTERM/SIGINT instead of
+    dying: a signal during start-up then pauses the session at once."""
+
+    def remember(signum: int, frame: object) -> None:
+        _early_signals.append(f"signal {signal.Signals(signum).name}")
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, remember)
+
+
 async def run_backup(
     sd: StateDir,
     req: BackupRequest,
@@ -540,6 +579,33 @@ async def run_backup(
 ) -> Outcome:
     """Run (or resume) the session for `req` until it completes or pauses."""
     options = options or RunOptions()
+    stopper = Stopper(_early_signals[0] if _early_signals else "")
+    outcome: Outcome | None = None
+    try:
+        async with trio.open_nursery() as nursery:
+            if options.signals and threading.current_thread() is threading.main_thread():
+                await nursery.start(stopper.watch_signals)
+            try:
+                outcome = await _run_backup(sd, req, vault, on_progress, options, stopper)
+            finally:
+                nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        first = _first_error(group)
+        if isinstance(first, EventbakError):
+            raise first from None  # a user-facing error, not a nursery's wrapping
+        raise
+    assert outcome is not None
+    return outcome
+
+
+async def _run_backup(
+    sd: StateDir,
+    req: BackupRequest,
+    vault: Vault,
+    on_progress: Callable[[Progress], None] | None,
+    options: RunOptions,
+    stopper: Stopper,
+) -> Outcome:
     await trio.to_thread.run_sync(vault.prepare)
     try:
         previous = find_unfinished(sd, req)
@@ -548,7 +614,7 @@ async def run_backup(
             previous = None
         if previous is None:
             sid = open_session(sd, req)
-            session = Session(sd, sid, req, vault, on_progress, options)
+            session = Session(sd, sid, req, vault, on_progress, options, stopper)
             await trio.to_thread.run_sync(session.remove_orphans)
         else:
             after = "paused" if previous.state == "paused" else "crash"
@@ -557,7 +623,7 @@ async def run_backup(
             )
             sd.commit()  # first: a crash during recovery still counts as an interruption
             session = Session(
-                sd, previous.id, _session_request(previous), vault, on_progress, options
+                sd, previous.id, _session_request(previous), vault, on_progress, options, stopper
             )
             await trio.to_thread.run_sync(session.remove_orphans)
             await trio.to_thread.run_sync(session.recover)

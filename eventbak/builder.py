@@ -20,7 +20,7 @@ import os
 import stat
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -77,6 +77,7 @@ class Packer:
         compression: Compression,
         next_index: int = 1,
         stop: threading.Event | None = None,
+        on_seal: Callable[[list[Output]], None] | None = None,
     ) -> None:
         self.session = session
         self.staging = staging
@@ -84,6 +85,7 @@ class Packer:
         self.compression = compression
         self.next_index = next_index
         self.stop = stop or threading.Event()
+        self.on_seal = on_seal
         self.progress = Progress()
         self._open: _Open | None = None
         self._out: list[Output] = []
@@ -113,12 +115,16 @@ class Packer:
         cur = self._open
         if cur is None:
             return
+        try:
+            size, raw, sha = cur.writer.seal()
+            final = self.staging / f"{cur.archive}{self.compression.suffix}"
+            os.replace(cur.writer.path, final)
+            _fsync_dir(self.staging)
+        except BaseException:
+            self.abort()  # the partial file goes; the log still says building
+            raise
         self._open = None
-        size, raw, sha = cur.writer.seal()
-        final = self.staging / f"{cur.archive}{self.compression.suffix}"
-        os.replace(cur.writer.path, final)
-        _fsync_dir(self.staging)
-        event = ev.ArchiveSealed(
+        event = ev.ArchiveSealed.of(
             at=time.time(),
             archive=cur.archive,
             staged=final.name,
@@ -130,6 +136,8 @@ class Packer:
         )
         self.progress.archives += 1
         self._out.append(Sealed(event, final))
+        if self.on_seal is not None:
+            self.on_seal(self.take())
 
     def abort(self) -> str | None:
         """Drop the archive being built (its staged file too); returns its id."""
@@ -142,22 +150,20 @@ class Packer:
 
     # -- packing ----------------------------------------------------------
 
-    def pack(self, entries: Sequence[Entry], start: int = 0) -> tuple[list[Output], int]:
-        """Pack `entries[start:]` until the batch ends or an archive is sealed;
-        returns the outputs (events, the sealed archive last) and where to go
-        on. Stopping at each seal lets the caller make `ArchiveSealed` durable
-        before any more work is done, so staging never holds more than one
-        sealed archive the log does not know.
+    def pack(self, entries: Iterable[Entry]) -> list[Output]:
+        """Pack a batch; returns the outputs not yet handed to `on_seal`.
+
+        With `on_seal` set, each time an archive is sealed the outputs so far
+        (ending with the `Sealed`) are handed to it before anything else is
+        packed: the caller makes `ArchiveSealed` durable first, so staging
+        never holds more than one sealed archive the log does not know, even
+        in the middle of a file split across many archives.
 
         Raises Stopped (outputs so far kept for `take()`) when asked to stop.
         """
-        sealed_before = self.progress.archives
-        i = start
-        while i < len(entries) and self.progress.archives == sealed_before:
+        for entry in entries:
             if self.stop.is_set():
                 raise Stopped
-            entry = entries[i]
-            i += 1
             kind = entry.kind
             if entry.reason and kind in ("file", "dir", "symlink"):
                 self._out.append(
@@ -177,16 +183,9 @@ class Packer:
                 )
             else:
                 self._skip(entry.path, entry.reason, special=kind == "special")
-        return self.take(), i
+        return self.take()
 
-    def pack_all(self, entries: Sequence[Entry]) -> list[Output]:
-        """Pack every entry (for callers that record outputs afterwards)."""
-        out: list[Output] = []
-        i = 0
-        while i < len(entries):
-            more, i = self.pack(entries, i)
-            out += more
-        return out
+    pack_all = pack
 
     def finish(self) -> list[Output]:
         """Seal the last archive; returns the remaining outputs."""

@@ -311,7 +311,7 @@ def backup(
                     for a in sd.state.archives_of(outcome.session.id):
                         click.echo(
                             f"  archive {a.id} {a.state}: {_human(a.size)}, "
-                            f"{len(a.members)} members, sha256 {a.sha256[:16]}"
+                            f"{a.count} members, sha256 {a.sha256[:16]}"
                             + (f" ({a.discard_reason})" if a.discard_reason else "")
                         )
             if outcome.paused_for:
@@ -396,7 +396,12 @@ def restore(
 
     state, _ = _read_state(c)
     report = do_restore(
-        state, [os.fsencode(p) for p in patterns], to, session=session, overwrite=overwrite
+        state,
+        c.state_dir,
+        [os.fsencode(p) for p in patterns],
+        to,
+        session=session,
+        overwrite=overwrite,
     )
     for w in report.warnings:
         click.echo(f"eventbak: warning: {w}", err=True)
@@ -438,7 +443,7 @@ def inspect(c: Ctx, vault: str | None, as_json: bool) -> None:
                 "id": a.id,
                 "session": a.session,
                 "size": a.size,
-                "members": len(a.members),
+                "members": a.count,
                 "sha256": a.sha256,
                 "state": a.state,
                 "time": a.uploaded_at or a.sealed_at or a.started_at,
@@ -511,7 +516,7 @@ def status(c: Ctx, as_json: bool) -> None:
         click.echo(f"  error:       {s.error}")
 
 
-def _event_line(seq: int, offset: int, e: ev.Event) -> str:
+def _event_line(seq: int, offset: int, e: ev.Event | ev.HeadEvent) -> str:
     d = ev.to_jsonable(e)
     assert isinstance(d, dict)
     d.pop("t", None)
@@ -530,8 +535,11 @@ def _event_line(seq: int, offset: int, e: ev.Event) -> str:
 @click.option("--verify", is_flag=True, help="Check framing, checksums and transitions.")
 @click.option("--until", type=click.IntRange(min=0), help="Stop after event SEQ.")
 @click.option("--machines", is_flag=True, help="Print the lifecycle tables and exit.")
+@click.option("--members", is_flag=True, help="Include every archive's member list (catalog).")
 @click.pass_obj
-def replay(c: Ctx, as_json: bool, verify: bool, until: int | None, machines: bool) -> None:
+def replay(
+    c: Ctx, as_json: bool, verify: bool, until: int | None, machines: bool, members: bool
+) -> None:
     """Print the events of the log and the state they fold to."""
     if machines:
         click.echo(describe_machines())
@@ -540,7 +548,7 @@ def replay(c: Ctx, as_json: bool, verify: bool, until: int | None, machines: boo
     if not path.exists():
         raise UsageError(f"no event log in {c.state_dir} (nothing backed up yet?)")
     try:
-        image = read_log(path, until)
+        image = read_log(path, until, full=members)
     except LogCorrupt as exc:
         if verify:
             _verdict(as_json, False, exc.offset, exc.detail)
@@ -548,7 +556,7 @@ def replay(c: Ctx, as_json: bool, verify: bool, until: int | None, machines: boo
     state = State()
     for rec in image.records:
         try:
-            apply(state, rec.event)
+            apply(state, rec.event, rec.offset)
         except IllegalTransition as exc:
             if verify:
                 _verdict(as_json, False, rec.offset, f"event {rec.seq}: {exc}")

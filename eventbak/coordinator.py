@@ -37,7 +37,7 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,9 +48,10 @@ from eventbak import events as ev
 from eventbak.builder import Output, Packer, Sealed, Stopped
 from eventbak.config import Compression, parse_compression
 from eventbak.errors import EventbakError
-from eventbak.scanner import Entry, Exclude, resume_filter, walk
+from eventbak.scanner import Entry, Exclude, merge_runs, resume_filter, walk
+from eventbak.scanner import key as walk_key
 from eventbak.state import ArchiveState, SessionState
-from eventbak.statedir import StateDir
+from eventbak.statedir import StateDir, members
 from eventbak.vaults import Vault
 
 BATCH_ENTRIES = 512
@@ -173,9 +174,9 @@ class Session:
             stop=self.stop,
         )
         self.started = time.monotonic()
-        self._resume_stored: list[ev.Member] = []
+        self._resume_stored: Iterable[ev.Member] = ()
         self._resume_cursor: bytes | None = None
-        self._to_upload: list[tuple[ev.ArchiveSealed, Path]] = []
+        self._to_upload: list[tuple[str, str, Path]] = []  # archive, sha256, staged
 
     # -- stopping ---------------------------------------------------------
 
@@ -238,7 +239,7 @@ class Session:
                     sd.commit()
                     staged.unlink(missing_ok=True)
                 elif _sha256(staged) == a.sha256:
-                    self._to_upload.append((_sealed_event(a), staged))
+                    self._to_upload.append((a.id, a.sha256, staged))
                 else:
                     why = "missing" if not staged.exists() else "damaged"
                     staged.unlink(missing_ok=True)
@@ -249,13 +250,19 @@ class Session:
                     )
         sd.commit()
         s = state.sessions[self.id]
-        self._resume_stored = [
-            m
-            for a in state.archives_of(self.id)
-            if a.state in ("sealed", "uploading", "uploaded")
-            for m in a.members
+        kept = [
+            a for a in state.archives_of(self.id) if a.state in ("sealed", "uploading", "uploaded")
         ]
-        self._resume_cursor = s.last_member.path if s.last_member is not None else None
+        root = sd.root
+        runs: dict[int, list[ArchiveState]] = {}
+        for a in kept:
+            runs.setdefault(a.run, []).append(a)
+        # read lazily, one archive per run at a time, by the scanner thread
+        self._resume_stored = merge_runs(
+            [(m for a in group for m in members(root, a)) for _, group in sorted(runs.items())]
+        )
+        lasts = [a.last.path for a in kept if a.last is not None]
+        self._resume_cursor = max(lasts, key=walk_key) if lasts else None
         self.packer.next_index = len(s.archives) + 1
 
     def remove_orphans(self) -> None:
@@ -328,11 +335,14 @@ class Session:
     ) -> None:
         async with recv, send:
             try:
+
+                def on_seal(outputs: list[Output]) -> None:  # runs in the packer's thread
+                    trio.from_thread.run(self._emit, outputs, send)
+
+                self.packer.on_seal = on_seal
                 async for batch in recv:
-                    done = 0
-                    while done < len(batch):
-                        outputs, done = await trio.to_thread.run_sync(self.packer.pack, batch, done)
-                        await self._emit(outputs, send)
+                    outputs = await trio.to_thread.run_sync(self.packer.pack, batch)
+                    await self._emit(outputs, send)
                 if self.stop.is_set():
                     raise Stopped
                 await self._emit(await trio.to_thread.run_sync(self.packer.finish), send)
@@ -342,34 +352,34 @@ class Session:
 
     async def _uploader(self, recv: trio.MemoryReceiveChannel[Sealed]) -> None:
         async with recv:
-            for sealed_event, path in self._to_upload:
+            for archive, sha256, path in self._to_upload:
                 if self.stop.is_set():
                     break
-                await self.upload(sealed_event, path)
+                await self.upload(archive, sha256, path)
             async for sealed in recv:
                 if self.stop.is_set():
                     continue  # stays sealed in staging; uploaded on resume
-                await self.upload(sealed.event, sealed.path)
+                await self.upload(sealed.event.archive, sealed.event.sha256, sealed.path)
 
-    async def upload(self, sealed: ev.ArchiveSealed, path: Path) -> None:
+    async def upload(self, archive: str, sha256: str, path: Path) -> None:
         """Store one sealed archive and, once that is durable, drop its staged file.
 
         Cancellation: if cancelled while the vault call runs, the call is
         abandoned and nothing is recorded; the log says `uploading` and resume
         asks the vault what it has."""
-        suffix = path.name[len(sealed.archive) :]
-        key = self.vault.key_for(self.id, sealed.archive, suffix)
+        suffix = path.name[len(archive) :]
+        key = self.vault.key_for(self.id, archive, suffix)
         self.sd.record(
-            ev.UploadStarted(at=time.time(), archive=sealed.archive, vault=self.vault.url, key=key)
+            ev.UploadStarted(at=time.time(), archive=archive, vault=self.vault.url, key=key)
         )
         self.sd.commit()  # write-ahead: every attempt to send is on record
         stored = await trio.to_thread.run_sync(
-            self.vault.put, key, path, sealed.sha256, abandon_on_cancel=True
+            self.vault.put, key, path, sha256, abandon_on_cancel=True
         )
         self.sd.record(
             ev.ArchiveUploaded(
                 at=time.time(),
-                archive=sealed.archive,
+                archive=archive,
                 vault=self.vault.url,
                 key=stored.key,
                 size=stored.size,
@@ -471,19 +481,6 @@ class Session:
         a = self.sd.state.archives.get(aid) if aid is not None else None
         if a is not None and a.state == "building":
             self.sd.record(ev.ArchiveDiscarded(at=time.time(), archive=a.id, reason=reason))
-
-
-def _sealed_event(a: ArchiveState) -> ev.ArchiveSealed:
-    return ev.ArchiveSealed(
-        at=a.sealed_at,
-        archive=a.id,
-        staged=a.staged,
-        size=a.size,
-        raw_size=a.raw_size,
-        sha256=a.sha256,
-        compression=a.compression,
-        members=a.members,
-    )
 
 
 def open_session(sd: StateDir, req: BackupRequest) -> str:

@@ -154,7 +154,11 @@ class ArchiveSealed(_Base, frozen=True):
     """An archive is complete and durable in staging, with its catalog.
 
     `sha256` and `size` are of the staged file exactly as it will be stored.
-    `raw_size` is the size of the uncompressed tar stream.
+    `raw_size` is the size of the uncompressed tar stream. `count`, `files`,
+    `bytes` and `last` summarise `members` (entries; files stored from their
+    first byte and hard links; bytes of file data; the last entry, where a
+    resumed walk continues), so that folding the log never needs the member
+    list itself: see `ArchiveSealedHead`.
     """
 
     archive: str
@@ -164,6 +168,47 @@ class ArchiveSealed(_Base, frozen=True):
     sha256: str
     compression: str
     members: list[Member]
+    count: int = 0
+    files: int = 0
+    bytes: int = 0
+    last: Member | None = None
+
+    @classmethod
+    def of(
+        cls, at: float, archive: str, staged: str, size: int, raw_size: int, sha256: str,
+        compression: str, members: list[Member],
+    ) -> ArchiveSealed:  # fmt: skip
+        """The event with its summary fields computed from `members`."""
+        files = data = 0
+        for m in members:
+            if m.kind == "file":
+                data += m.length
+                files += m.offset == 0
+            elif m.kind == "hardlink":
+                files += 1
+        return cls(
+            at=at, archive=archive, staged=staged, size=size, raw_size=raw_size, sha256=sha256,
+            compression=compression, members=members, count=len(members), files=files,
+            bytes=data, last=members[-1] if members else None,
+        )  # fmt: skip
+
+
+class ArchiveSealedHead(_Base, frozen=True, tag="ArchiveSealed"):
+    """`ArchiveSealed` without its member list: what the fold reads. Decoding
+    into it skips the members without building them (msgspec ignores fields
+    a struct does not declare), so replay time and memory do not grow with
+    the number of files backed up."""
+
+    archive: str
+    staged: str
+    size: int
+    raw_size: int
+    sha256: str
+    compression: str
+    count: int = 0
+    files: int = 0
+    bytes: int = 0
+    last: Member | None = None
 
 
 class ArchiveDiscarded(_Base, frozen=True):
@@ -229,6 +274,26 @@ Event = (
     | LogTailTruncated
 )
 
+#: The union the fold reads: `ArchiveSealedHead` in place of `ArchiveSealed`.
+HeadEvent = (
+    SessionOpened
+    | SessionResumed
+    | SessionPaused
+    | SessionCompleted
+    | SessionFailed
+    | SessionAbandoned
+    | EntrySkipped
+    | EntryChanged
+    | EntryDeleted
+    | ArchiveStarted
+    | ArchiveSealedHead
+    | ArchiveDiscarded
+    | UploadStarted
+    | ArchiveUploaded
+    | OrphanRemoved
+    | LogTailTruncated
+)
+
 EVENT_TYPES: tuple[type[_Base], ...] = (
     SessionOpened,
     SessionResumed,
@@ -249,8 +314,9 @@ EVENT_TYPES: tuple[type[_Base], ...] = (
 )
 
 
-def event_name(event: Event) -> str:
-    return type(event).__name__
+def event_name(event: Event | HeadEvent) -> str:
+    """The event's tag (an `ArchiveSealedHead` is an `ArchiveSealed`)."""
+    return str(type(event).__struct_config__.tag)
 
 
 def show_path(path: bytes) -> str:

@@ -43,6 +43,7 @@ MAX_RECORD = 256 * 1024 * 1024
 
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(ev.Event)
+_head_decoder = msgspec.msgpack.Decoder(ev.HeadEvent)
 
 
 def encode_record(event: ev.Event) -> bytes:
@@ -66,7 +67,7 @@ class TornTail:
 class Record:
     seq: int  # 1-based position in the log
     offset: int  # byte offset of the record's frame
-    event: ev.Event
+    event: ev.Event | ev.HeadEvent  # ArchiveSealedHead unless read with full=True
 
 
 def _frame_at(data: memoryview, pos: int) -> tuple[int, str]:
@@ -94,7 +95,9 @@ def _valid_frame_after(data: memoryview, pos: int) -> int:
     return -1
 
 
-def _scan(path: Path, data: memoryview, until: int | None) -> Iterator[Record | TornTail]:
+def _scan(
+    path: Path, data: memoryview, until: int | None, decoder: msgspec.msgpack.Decoder[object]
+) -> Iterator[Record | TornTail]:
     """Records of a log image; a torn tail is yielded last, corruption raises."""
     if len(data) < len(HEADER):
         if bytes(data) != HEADER[: len(data)]:
@@ -122,7 +125,7 @@ def _scan(path: Path, data: memoryview, until: int | None) -> Iterator[Record | 
             yield TornTail(pos, len(data) - pos, why)
             return
         try:
-            event = _decoder.decode(data[pos + FRAME.size : end])
+            event = decoder.decode(data[pos + FRAME.size : end])
         except msgspec.ValidationError as exc:
             raise LogCorrupt(
                 str(path), pos, f"undecodable event ({exc}); written by a newer eventbak?"
@@ -130,7 +133,7 @@ def _scan(path: Path, data: memoryview, until: int | None) -> Iterator[Record | 
         except msgspec.DecodeError as exc:
             raise LogCorrupt(str(path), pos, f"undecodable event ({exc})") from None
         seq += 1
-        yield Record(seq, pos, event)
+        yield Record(seq, pos, event)  # type: ignore[arg-type]
         pos = end
 
 
@@ -143,20 +146,44 @@ class LogImage:
     size: int
 
 
-def read_log(path: Path, until: int | None = None) -> LogImage:
-    """Read (never modify) the log at `path`. A missing file is an empty log."""
+def read_log(path: Path, until: int | None = None, full: bool = False) -> LogImage:
+    """Read (never modify) the log at `path`. A missing file is an empty log.
+
+    Archive member lists are skipped (`ArchiveSealedHead`) unless `full`:
+    load them one archive at a time with `read_event_at`."""
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
         return LogImage([], None, 0)
     records: list[Record] = []
     torn: TornTail | None = None
-    for item in _scan(path, memoryview(raw), until):
+    for item in _scan(path, memoryview(raw), until, _decoder if full else _head_decoder):
         if isinstance(item, TornTail):
             torn = item
         else:
             records.append(item)
     return LogImage(records, torn, len(raw))
+
+
+def read_event_at(path: Path, offset: int) -> ev.Event:
+    """The full event of the record at `offset` (checked like any record)."""
+    with open(path, "rb") as f:
+        f.seek(offset)
+        head = f.read(FRAME.size)
+        if len(head) < FRAME.size:
+            raise LogCorrupt(str(path), offset, "no record at this offset")
+        length, _ = FRAME.unpack(head)
+        if length > MAX_RECORD:
+            raise LogCorrupt(str(path), offset, f"implausible record length {length}")
+        frame = head + f.read(length)
+    end, why = _frame_at(memoryview(frame), 0)
+    if end < 0:
+        raise LogCorrupt(str(path), offset, why)
+    try:
+        event: ev.Event = _decoder.decode(frame[FRAME.size :])
+        return event
+    except msgspec.DecodeError as exc:
+        raise LogCorrupt(str(path), offset, f"undecodable event ({exc})") from None
 
 
 def _fsync_dir(path: Path) -> None:
@@ -176,6 +203,7 @@ class EventLog:
         self._fd = fd
         self._durable_end = size
         self._buffer: list[bytes] = []
+        self._buffered = 0
         self.seq = 0
 
     @classmethod
@@ -209,9 +237,16 @@ class EventLog:
 
     def append(self, event: ev.Event) -> int:
         """Buffer `event`; it becomes durable at the next `commit`. Returns its seq."""
-        self._buffer.append(encode_record(event))
+        record = encode_record(event)
+        self._buffer.append(record)
+        self._buffered += len(record)
         self.seq += 1
         return self.seq
+
+    @property
+    def next_offset(self) -> int:
+        """Where the next appended record will start."""
+        return self._durable_end + self._buffered
 
     def commit(self) -> None:
         """Write every buffered event and fsync. On failure (disk full) the file
@@ -235,6 +270,7 @@ class EventLog:
             raise
         self._durable_end += len(data)
         self._buffer.clear()
+        self._buffered = 0
 
     @property
     def pending(self) -> int:

@@ -32,6 +32,7 @@ from eventbak import archive as ar
 from eventbak import events as ev
 from eventbak.errors import EventbakError, UsageError, VaultError
 from eventbak.state import ArchiveState, SessionState, State
+from eventbak.statedir import members
 from eventbak.vaults import Vault, open_vault
 
 _CHUNK = 1024 * 1024
@@ -141,7 +142,9 @@ def _pattern_matcher(patterns: list[bytes]) -> Callable[[bytes], bool]:
     return match
 
 
-def plan_restore(state: State, patterns: list[bytes], session: str | None) -> Plan:
+def plan_restore(state: State, root: Path, patterns: list[bytes], session: str | None) -> Plan:
+    """What to extract from which archive. Member lists are read from the log
+    one archive at a time; the plan holds only the selected entries."""
     sessions = choose_sessions(state, session)
     match = _pattern_matcher(patterns)
     plan = Plan(sessions=sessions, by_archive=[], links=[], dirs=[], count=0, size=0)
@@ -153,9 +156,9 @@ def plan_restore(state: State, patterns: list[bytes], session: str | None) -> Pl
             order.append(a.id)
             if a.state != "uploaded":
                 if a.state != "discarded":
-                    plan.missing += len(a.members)
+                    plan.missing += a.count
                 continue
-            for m in a.members:
+            for m in members(root, a):
                 # A path stored again (resume after a change, or a later
                 # session of another dataset) starts a new generation: only
                 # the last one is restored.
@@ -168,8 +171,10 @@ def plan_restore(state: State, patterns: list[bytes], session: str | None) -> Pl
                     if new_generation:
                         selected[m.path] = []
                     selected.setdefault(m.path, []).append((a, m))
-        for gone in s.deleted:
-            selected.pop(gone, None)
+        for gone, seq in s.deleted.items():  # unless stored again after that
+            found = selected.get(gone)
+            if found and found[-1][0].session == s.id and found[-1][0].sealed_seq < seq:
+                del selected[gone]
     if not selected:
         ids = ", ".join(s.id for s in sessions)
         raise EventbakError(
@@ -400,13 +405,14 @@ class RestoreReport:
 
 def restore(
     state: State,
+    root: Path,
     patterns: list[bytes],
     to: Path,
     session: str | None = None,
     overwrite: bool = False,
 ) -> RestoreReport:
     started = time.monotonic()
-    plan = plan_restore(state, patterns, session)
+    plan = plan_restore(state, root, patterns, session)
     try:
         to.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

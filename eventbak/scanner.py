@@ -13,6 +13,7 @@ kind that says so; the builder records them as events.
 
 from __future__ import annotations
 
+import heapq
 import os
 import stat
 from collections.abc import Callable, Iterable, Iterator
@@ -199,6 +200,14 @@ class _Stored:
     @property
     def complete(self) -> bool:
         return self.member.kind != "file" or self.covered >= self.member.size
+
+
+def merge_runs(runs: list[Iterable[ev.Member]]) -> Iterator[ev.Member]:
+    """The stored members of a session in walk order. Each run of the session
+    (until an interruption) stored its members in walk order; a resumed run
+    starts from the top again (entries changed before the cursor). For equal
+    paths the later run comes later (heapq.merge is stable), so it wins."""
+    return heapq.merge(*runs, key=lambda m: key(m.path))
 
 
 def _merge_stored(members: Iterable[ev.Member]) -> Iterator[_Stored]:

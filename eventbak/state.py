@@ -133,7 +133,8 @@ class SessionState:
     # `builtins.bytes`: the field `bytes` above shadows the type in this class body
     skipped: dict[builtins.bytes, str] = field(default_factory=dict)  # path -> reason
     changed: dict[builtins.bytes, str] = field(default_factory=dict)  # path -> detail
-    deleted: set[builtins.bytes] = field(default_factory=set)  # gone since stored
+    # path -> seq of its EntryDeleted: gone since stored (unless stored again later)
+    deleted: dict[builtins.bytes, int] = field(default_factory=dict)
     pauses: list[str] = field(default_factory=list)
     crashes: int = 0
     last_member: ev.Member | None = None
@@ -155,12 +156,22 @@ class ArchiveState:
     index: int
     state: str = "new"
     started_at: float = 0.0
+    # which run of its session built it (interruptions so far): the members of
+    # one run are in walk order; a resumed run starts over from the top
+    run: int = 0
     staged: str = ""
     size: int = 0
     raw_size: int = 0
     sha256: str = ""
     compression: str = ""
-    members: list[ev.Member] = field(default_factory=list)
+    # the member list stays in the log (record at `offset`: statedir.members);
+    # the fold keeps its summary only, so memory does not grow with files
+    offset: int = -1
+    count: int = 0
+    files: int = 0
+    bytes: int = 0
+    last: ev.Member | None = None
+    sealed_seq: int = 0
     sealed_at: float = 0.0
     vault: str = ""
     key: str = ""
@@ -211,14 +222,15 @@ def _step_archive(a: ArchiveState, trigger: str, event: ev.Event) -> None:
     a.state = ARCHIVE_MACHINE.step(f"archive {a.id}", a.state, trigger, event)
 
 
-def apply(state: State, event: ev.Event) -> State:
-    """Fold one event into `state` (in place) and return it."""
-    _HANDLERS[type(event)](state, event)
+def apply(state: State, event: ev.Event | ev.HeadEvent, offset: int = -1) -> State:
+    """Fold one event, found at `offset` in the log, into `state` (in place)
+    and return it."""
+    _HANDLERS[type(event)](state, event, offset)
     state.seq += 1  # only once the event was accepted
     return state
 
 
-def _opened(state: State, e: Any) -> None:
+def _opened(state: State, e: Any, offset: int = -1) -> None:
     if e.session in state.sessions:
         raise IllegalTransition(f"session {e.session}", "exists", "open", e)
     s = SessionState(
@@ -235,58 +247,60 @@ def _opened(state: State, e: Any) -> None:
     state.sessions[e.session] = s
 
 
-def _resumed(state: State, e: Any) -> None:
+def _resumed(state: State, e: Any, offset: int = -1) -> None:
     s = _session(state, e.session, e)
     _step_session(s, "resume", e)
     if e.after == "crash":
         s.crashes += 1
 
 
-def _paused(state: State, e: Any) -> None:
+def _paused(state: State, e: Any, offset: int = -1) -> None:
     s = _session(state, e.session, e)
     _step_session(s, "pause", e)
     s.pauses.append(e.reason)
 
 
-def _completed(state: State, e: Any) -> None:
+def _completed(state: State, e: Any, offset: int = -1) -> None:
     _step_session(_session(state, e.session, e), "complete", e)
 
 
-def _failed(state: State, e: Any) -> None:
+def _failed(state: State, e: Any, offset: int = -1) -> None:
     s = _session(state, e.session, e)
     _step_session(s, "fail", e)
     s.error = e.error
 
 
-def _abandoned(state: State, e: Any) -> None:
+def _abandoned(state: State, e: Any, offset: int = -1) -> None:
     s = _session(state, e.session, e)
     _step_session(s, "abandon", e)
     s.error = e.reason
 
 
-def _skipped(state: State, e: Any) -> None:
+def _skipped(state: State, e: Any, offset: int = -1) -> None:
     _session(state, e.session, e).skipped[e.path] = e.reason
 
 
-def _changed(state: State, e: Any) -> None:
+def _changed(state: State, e: Any, offset: int = -1) -> None:
     _session(state, e.session, e).changed[e.path] = e.detail
 
 
-def _deleted(state: State, e: Any) -> None:
-    _session(state, e.session, e).deleted.add(e.path)
+def _deleted(state: State, e: Any, offset: int = -1) -> None:
+    _session(state, e.session, e).deleted[e.path] = state.seq + 1
 
 
-def _started(state: State, e: Any) -> None:
+def _started(state: State, e: Any, offset: int = -1) -> None:
     s = _session(state, e.session, e)
     if e.archive in state.archives:
         raise IllegalTransition(f"archive {e.archive}", "exists", "start", e)
-    a = ArchiveState(id=e.archive, session=e.session, index=e.index, started_at=e.at)
+    a = ArchiveState(
+        id=e.archive, session=e.session, index=e.index, started_at=e.at, run=s.interruptions
+    )
     _step_archive(a, "start", e)
     state.archives[e.archive] = a
     s.archives.append(e.archive)
 
 
-def _sealed(state: State, e: Any) -> None:
+def _sealed(state: State, e: Any, offset: int) -> None:
     a = _archive(state, e.archive, e)
     _step_archive(a, "seal", e)
     a.staged = e.staged
@@ -294,51 +308,44 @@ def _sealed(state: State, e: Any) -> None:
     a.raw_size = e.raw_size
     a.sha256 = e.sha256
     a.compression = e.compression
-    a.members = e.members
+    a.offset = offset
+    a.count = e.count
+    a.files = e.files
+    a.bytes = e.bytes
+    a.last = e.last
+    a.sealed_seq = state.seq + 1
     a.sealed_at = e.at
     s = state.sessions[a.session]
-    if s.deleted:  # stored again after it was found deleted
-        s.deleted.difference_update(m.path for m in e.members)
-    for m in e.members:
-        if m.kind == "file":
-            if m.offset == 0:
-                s.files += 1
-            s.bytes += m.length
-        elif m.kind == "hardlink":
-            s.files += 1
-    if e.members:
-        s.last_member = e.members[-1]
+    s.files += e.files
+    s.bytes += e.bytes
+    if e.last is not None:
+        s.last_member = e.last
 
 
-def _discarded(state: State, e: Any) -> None:
+def _discarded(state: State, e: Any, offset: int = -1) -> None:
     a = _archive(state, e.archive, e)
     _step_archive(a, "discard", e)
     a.discard_reason = e.reason
-    if a.members:  # its members no longer count as stored
+    if a.count:  # its members no longer count as stored
         s = state.sessions[a.session]
-        for m in a.members:
-            if m.kind == "file":
-                if m.offset == 0:
-                    s.files -= 1
-                s.bytes -= m.length
-            elif m.kind == "hardlink":
-                s.files -= 1
+        s.files -= a.files
+        s.bytes -= a.bytes
         s.last_member = None
         for aid in reversed(s.archives):
             other = state.archives[aid]
-            if other.state in ("sealed", "uploading", "uploaded") and other.members:
-                s.last_member = other.members[-1]
+            if other.state in ("sealed", "uploading", "uploaded") and other.last is not None:
+                s.last_member = other.last
                 break
 
 
-def _upload_started(state: State, e: Any) -> None:
+def _upload_started(state: State, e: Any, offset: int = -1) -> None:
     a = _archive(state, e.archive, e)
     _step_archive(a, "begin_upload", e)
     a.vault = e.vault
     a.key = e.key
 
 
-def _uploaded(state: State, e: Any) -> None:
+def _uploaded(state: State, e: Any, offset: int = -1) -> None:
     a = _archive(state, e.archive, e)
     _step_archive(a, "confirm_upload", e)
     a.vault = e.vault
@@ -349,11 +356,11 @@ def _uploaded(state: State, e: Any) -> None:
     s.bytes_uploaded += e.size
 
 
-def _truncated(state: State, e: Any) -> None:
+def _truncated(state: State, e: Any, offset: int = -1) -> None:
     state.truncations.append((e.offset, e.dropped))
 
 
-def _orphan(state: State, e: Any) -> None:
+def _orphan(state: State, e: Any, offset: int = -1) -> None:
     state.orphans.append((e.where, e.name))
 
 
@@ -369,6 +376,7 @@ _HANDLERS: dict[type, Any] = {
     ev.EntryDeleted: _deleted,
     ev.ArchiveStarted: _started,
     ev.ArchiveSealed: _sealed,
+    ev.ArchiveSealedHead: _sealed,
     ev.ArchiveDiscarded: _discarded,
     ev.UploadStarted: _upload_started,
     ev.ArchiveUploaded: _uploaded,
@@ -378,6 +386,7 @@ _HANDLERS: dict[type, Any] = {
 
 
 def fold(events: list[ev.Event], state: State | None = None) -> State:
+    """Fold events that are not read from a log (archive offsets stay -1)."""
     state = state if state is not None else State()
     for e in events:
         apply(state, e)

@@ -17,9 +17,9 @@ import time
 from pathlib import Path
 
 from eventbak import events as ev
-from eventbak.errors import LockedError, UsageError
-from eventbak.log import EventLog, LogImage, TornTail, read_log
-from eventbak.state import State, apply
+from eventbak.errors import LockedError, LogCorrupt, UsageError
+from eventbak.log import EventLog, LogImage, TornTail, read_event_at, read_log
+from eventbak.state import ArchiveState, State, apply
 
 LOG_NAME = "events.log"
 
@@ -33,8 +33,18 @@ def read_state(root: Path, until: int | None = None) -> tuple[State, LogImage]:
     image = read_log(log_path(root), until)
     state = State()
     for rec in image.records:
-        apply(state, rec.event)
+        apply(state, rec.event, rec.offset)
     return state, image
+
+
+def members(root: Path, archive: ArchiveState) -> list[ev.Member]:
+    """The member list of a sealed archive, read from its log record."""
+    if archive.offset < 0:
+        raise ValueError(f"archive {archive.id} has no sealed record in the log")
+    event = read_event_at(log_path(root), archive.offset)
+    if not isinstance(event, ev.ArchiveSealed) or event.archive != archive.id:
+        raise LogCorrupt(str(log_path(root)), archive.offset, f"not the seal of {archive.id}")
+    return event.members
 
 
 class StateDir:
@@ -61,7 +71,7 @@ class StateDir:
             log, image = EventLog.open(log_path(root))
             state = State()
             for rec in image.records:
-                apply(state, rec.event)
+                apply(state, rec.event, rec.offset)
         except BaseException:
             if log is not None:
                 log.close()
@@ -75,8 +85,14 @@ class StateDir:
         return sd
 
     def record(self, event: ev.Event) -> None:
-        apply(self.state, event)
+        apply(self.state, event, self.log.next_offset)
         self.log.append(event)
+
+    def members(self, archive: ArchiveState) -> list[ev.Member]:
+        """Members of a sealed archive (committing first if its seal is buffered)."""
+        if self.log.pending:
+            self.commit()
+        return members(self.root, archive)
 
     def commit(self) -> None:
         self.log.commit()

@@ -54,7 +54,7 @@ def start(state: Path, vault: Path, src: Path, *extra: str) -> subprocess.Popen[
 
 def events_now(state: Path) -> list[ev.Event]:
     try:
-        return [r.event for r in read_log(log_path(state)).records]
+        return [r.event for r in read_log(log_path(state), full=True).records]
     except Exception:  # a record being written right now: read again later
         return []
 

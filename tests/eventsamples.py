@@ -61,7 +61,7 @@ def opened(session: str, at: float = T0, dataset: str = "home") -> ev.SessionOpe
 
 def sealed(archive: str, members: list[ev.Member], at: float = T0) -> ev.ArchiveSealed:
     raw = sum(m.length for m in members) + 512 * (len(members) + 2)
-    return ev.ArchiveSealed(
+    return ev.ArchiveSealed.of(
         at=at,
         archive=archive,
         staged=f"staging/{archive}.tar.zst",

@@ -41,13 +41,13 @@ def write_log(path: Path, events: list[ev.Event]) -> None:
 
 
 def events_of(path: Path) -> list[ev.Event]:
-    image = read_log(path)
+    image = read_log(path, full=True)
     assert image.torn is None
     return [r.event for r in image.records]
 
 
 def offsets(path: Path) -> list[int]:
-    return [r.offset for r in read_log(path).records]
+    return [r.offset for r in read_log(path, full=True).records]
 
 
 def child_env() -> dict[str, str]:
@@ -67,7 +67,7 @@ def test_round_trip_every_event_type(tmp_path: Path) -> None:
     path = tmp_path / "events.log"
     events = sample_events()
     write_log(path, events)
-    image = read_log(path)
+    image = read_log(path, full=True)
     assert image.torn is None
     assert [r.event for r in image.records] == events
     assert [r.seq for r in image.records] == list(range(1, len(events) + 1))
@@ -92,7 +92,7 @@ def test_read_until(tmp_path: Path) -> None:
     events = sample_events()
     write_log(path, events)
     for k in (0, 1, 5, len(events), len(events) + 3):
-        assert [r.event for r in read_log(path, until=k).records] == events[:k]
+        assert [r.event for r in read_log(path, until=k, full=True).records] == events[:k]
 
 
 def test_append_only_buffers_until_commit(tmp_path: Path) -> None:
@@ -103,7 +103,7 @@ def test_append_only_buffers_until_commit(tmp_path: Path) -> None:
         assert path.read_bytes() == HEADER
         assert [log.append(e) for e in events[:3]] == [1, 2, 3]
         assert log.pending == 3
-        assert read_log(path).records == []  # nothing durable yet
+        assert read_log(path, full=True).records == []  # nothing durable yet
         log.commit()
         assert log.pending == 0
         assert events_of(path) == events[:3]
@@ -152,7 +152,7 @@ def test_round_trip_arbitrary_bytes_and_text(
         *(ev.EntrySkipped(at=at, session="x", path=p, reason=reason) for p in paths),
     ]
     framed = HEADER + b"".join(evlog.encode_record(e) for e in events)
-    decoded = [r.event for r in evlog._scan(Path("mem"), memoryview(framed), None)]
+    decoded = [r.event for r in evlog._scan(Path("mem"), memoryview(framed), None, evlog._decoder)]
     assert decoded == events
 
 
@@ -160,7 +160,7 @@ def test_round_trip_arbitrary_bytes_and_text(
 
 
 def test_missing_file_is_an_empty_log(tmp_path: Path) -> None:
-    image = read_log(tmp_path / "nope.log")
+    image = read_log(tmp_path / "nope.log", full=True)
     assert (image.records, image.torn, image.size) == ([], None, 0)
     assert not (tmp_path / "nope.log").exists()  # reading never creates it
 
@@ -168,7 +168,7 @@ def test_missing_file_is_an_empty_log(tmp_path: Path) -> None:
 def test_empty_file_is_an_empty_log(tmp_path: Path) -> None:
     path = tmp_path / "events.log"
     path.write_bytes(b"")
-    image = read_log(path)
+    image = read_log(path, full=True)
     assert (image.records, image.torn, image.size) == ([], None, 0)
     log, _ = EventLog.open(path)
     log.close()
@@ -178,7 +178,7 @@ def test_empty_file_is_an_empty_log(tmp_path: Path) -> None:
 def test_header_only_is_an_empty_log(tmp_path: Path) -> None:
     path = tmp_path / "events.log"
     path.write_bytes(HEADER)
-    image = read_log(path)
+    image = read_log(path, full=True)
     assert (image.records, image.torn) == ([], None)
 
 
@@ -186,7 +186,7 @@ def test_header_only_is_an_empty_log(tmp_path: Path) -> None:
 def test_torn_header_is_rewritten(tmp_path: Path, cut: int) -> None:
     path = tmp_path / "events.log"
     path.write_bytes(HEADER[:cut])
-    image = read_log(path)
+    image = read_log(path, full=True)
     assert image.records == []
     assert image.torn is not None and image.torn.offset == 0 and image.torn.dropped == cut
     log, _ = EventLog.open(path)
@@ -213,7 +213,7 @@ def test_not_a_log(tmp_path: Path, content: bytes) -> None:
     path = log_path(root)
     path.write_bytes(content)
     attempts: list[Callable[[], object]] = [
-        lambda: read_log(path),
+        lambda: read_log(path, full=True),
         lambda: EventLog.open(path),
         lambda: StateDir.open(root),
         lambda: StateDir.open(root),  # the failed open released the lock
@@ -267,7 +267,7 @@ def test_torn_tail_at_every_byte_of_the_last_record(tmp_path: Path, n: int) -> N
     # cut exactly at the record boundary: no torn tail, just one record fewer
     exact = tmp_path / "exact.log"
     exact.write_bytes(data[:last])
-    image = read_log(exact)
+    image = read_log(exact, full=True)
     assert image.torn is None
     assert [r.event for r in image.records] == events[:-1]
 
@@ -278,7 +278,7 @@ def test_torn_tail_at_every_byte_of_the_last_record(tmp_path: Path, n: int) -> N
         path = log_path(root)
         path.write_bytes(data[:cut])
 
-        image = read_log(path)
+        image = read_log(path, full=True)
         assert [r.event for r in image.records] == events[:-1], cut
         assert image.torn is not None, cut
         assert image.torn.offset == last
@@ -304,7 +304,7 @@ def test_torn_tail_at_every_byte_of_the_last_record(tmp_path: Path, n: int) -> N
         finally:
             sd.close()
 
-        after = read_log(path)
+        after = read_log(path, full=True)
         assert after.torn is None
         got = [r.event for r in after.records]
         assert got[: n - 1] == events[:-1]
@@ -358,7 +358,7 @@ def test_garbage_tail(tmp_path: Path, tail: bytes) -> None:
     end = path.stat().st_size
     with path.open("ab") as f:
         f.write(tail)
-    image = read_log(path)
+    image = read_log(path, full=True)
     assert [r.event for r in image.records] == events
     assert image.torn is not None
     assert (image.torn.offset, image.torn.dropped) == (end, len(tail))
@@ -403,12 +403,12 @@ def test_flipped_byte_in_a_record_before_the_last(tmp_path: Path, which: str) ->
         bad[i] ^= 0xFF
         path.write_bytes(bytes(bad))
         with pytest.raises(LogCorrupt) as info:
-            read_log(path)
+            read_log(path, full=True)
         assert info.value.offset == start, i
         assert info.value.path == str(path)
         assert f"offset {start}" in str(info.value)
         # reading only the records before it still works
-        assert [r.event for r in read_log(path, until=idx).records] == events[:idx]
+        assert [r.event for r in read_log(path, until=idx, full=True).records] == events[:idx]
         if i in (start, start + 4, end - 1):  # (every open is a few fsyncs: sample some)
             with pytest.raises(LogCorrupt) as info2:
                 EventLog.open(path)
@@ -436,7 +436,7 @@ def test_flipped_bits_never_drop_records(tmp_path: Path) -> None:
             path.write_bytes(bytes(bad))
             hit = max(k for k, o in enumerate(offs) if o <= i)
             try:
-                image = read_log(path)
+                image = read_log(path, full=True)
             except LogCorrupt as exc:
                 assert exc.offset == offs[hit]
                 assert hit < len(offs) - 1
@@ -643,7 +643,7 @@ def test_valid_frame_with_bad_payload_is_corruption(
     path.write_bytes(HEADER + body)
     # a checksummed record is never a torn tail, even at the end: never cut off
     with pytest.raises(LogCorrupt, match=why) as info:
-        read_log(path)
+        read_log(path, full=True)
     assert info.value.offset == expected
     with pytest.raises(LogCorrupt):
         EventLog.open(path)

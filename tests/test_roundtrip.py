@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from eventbak import builder
 from eventbak.config import Compression
-from eventbak.statedir import read_state
+from eventbak.statedir import members, read_state
 from tests.treeutil import backup, describe, restore_all, sha256_of
 
 KiB = 1024
@@ -159,7 +159,10 @@ def test_file_bigger_than_archive_is_split_and_joined(tmp_path: Path, compressio
     assert outcome.state == "completed"
     state, _ = read_state(tmp_path / "state")
     segments = [
-        m for a in state.archives.values() for m in a.members if m.path.endswith(b"big.bin")
+        m
+        for a in state.archives.values()
+        for m in members(tmp_path / "state", a)
+        if m.path.endswith(b"big.bin")
     ]
     assert len(segments) >= 6
     assert sum(m.length for m in segments) == 3 * MiB + 12345

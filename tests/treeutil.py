@@ -84,4 +84,4 @@ def restore_all(state_dir: Path, to: Path, patterns: list[bytes] | None = None) 
     from eventbak.statedir import read_state
 
     state, _ = read_state(state_dir)
-    return restore(state, patterns or [], to)
+    return restore(state, state_dir, patterns or [], to)

@@ -228,7 +228,9 @@ def _summary(o: Outcome) -> dict[str, Any]:
         "paused_for": o.paused_for,
         "interruptions": s.interruptions,
         "elapsed": round(o.elapsed, 3),
-        "mb_per_s": round(s.bytes / o.elapsed / 1e6, 1) if o.elapsed > 0 else 0.0,
+        "run_files": o.run_files,
+        "run_bytes": o.run_bytes,
+        "mb_per_s": round(o.run_bytes / o.elapsed / 1e6, 1) if o.elapsed > 0 else 0.0,
         "error": o.error,
     }
 
@@ -314,8 +316,8 @@ def backup(
                             f"{a.count} members, sha256 {a.sha256[:16]}"
                             + (f" ({a.discard_reason})" if a.discard_reason else "")
                         )
-            if outcome.paused_for:
-                break  # a stop request or deadline applies to the whole run
+            if outcome.paused_for and not outcome.error:
+                break  # a signal or deadline stops the whole run; an error only its dataset
     finally:
         sd.close()
     if as_json:
@@ -351,7 +353,7 @@ _SPECIAL_REASONS = {"fifo", "socket", "character device", "block device", "speci
 
 def _print_outcome(o: Outcome) -> None:
     s = o.session
-    rate = s.bytes / o.elapsed / 1e6 if o.elapsed > 0 else 0.0
+    rate = o.run_bytes / o.elapsed / 1e6 if o.elapsed > 0 else 0.0
     click.echo(
         f"session {s.id} {s.state}: {s.files} files, {_human(s.bytes)} in "
         f"{s.archives_uploaded} archives ({_human(s.bytes_uploaded)} stored), "
@@ -360,7 +362,7 @@ def _print_outcome(o: Outcome) -> None:
     for path, reason in s.skipped.items():
         click.echo(f"  skipped {ev.show_path(path)}: {reason}")
     for path, detail in s.changed.items():
-        click.echo(f"  changed while read: {ev.show_path(path)} ({detail})")
+        click.echo(f"  changed: {ev.show_path(path)} ({detail})")
     if o.error:
         click.echo(f"eventbak: error: {o.error} (session paused)", err=True)
     elif o.paused_for:

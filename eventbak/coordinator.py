@@ -101,6 +101,8 @@ class Outcome:
     error: str = ""
     resumed: bool = False
     paused_for: str = ""
+    run_files: int = 0  # what this run read (a resumed session did some before)
+    run_bytes: int = 0
 
     @property
     def state(self) -> str:
@@ -280,7 +282,7 @@ class Session:
             size = f.stat().st_size if f.is_file() else 0
             f.unlink(missing_ok=True)
             sd.record(ev.OrphanRemoved(at=time.time(), where="staging", name=f.name, size=size))
-        for name, size in self.vault.remove_orphans():
+        for name, size in self.vault.remove_orphans(set(state.sessions)):
             sd.record(ev.OrphanRemoved(at=time.time(), where=self.vault.url, name=name, size=size))
         sd.commit()
 
@@ -444,7 +446,12 @@ class Session:
             self.sd.record(ev.SessionPaused(at=time.time(), session=self.id, reason=why))
             self._commit_or_note(why)
             return Outcome(
-                session, elapsed, _describe(error) if error is not None else "", paused_for=why
+                session,
+                elapsed,
+                _describe(error) if error is not None else "",
+                paused_for=why,
+                run_files=self.packer.progress.files,
+                run_bytes=self.packer.progress.bytes,
             )
         self.sd.record(
             ev.SessionCompleted(
@@ -458,7 +465,12 @@ class Session:
             )
         )
         self.sd.commit()
-        return Outcome(session, elapsed)
+        return Outcome(
+            session,
+            elapsed,
+            run_files=self.packer.progress.files,
+            run_bytes=self.packer.progress.bytes,
+        )
 
     def _commit_or_note(self, why: str) -> None:
         try:
@@ -467,8 +479,8 @@ class Session:
             # The state dir itself is full or failing: the log keeps its last
             # durable event, and the next start resumes as after a crash.
             raise EventbakError(
-                f"{why}; could not record the pause either ({_describe(exc)}): "
-                "the next backup resumes from the last durable event"
+                f"session paused ({why}) but the pause could not be recorded "
+                f"({_describe(exc)}); the next backup resumes from the last durable event"
             ) from None
 
     def _drop_partial(self, reason: str) -> None:
@@ -607,7 +619,7 @@ async def _run_backup(
     try:
         previous = find_unfinished(sd, req)
         if previous is not None and options.new_session:
-            _abandon(sd, previous)
+            await trio.to_thread.run_sync(_abandon, sd, previous, vault)
             previous = None
         if previous is None:
             sid = open_session(sd, req)
@@ -634,16 +646,36 @@ async def _run_backup(
     return outcome
 
 
-def _abandon(sd: StateDir, s: SessionState) -> None:
-    """Close `s` for good: archives not uploaded are discarded, uploaded ones stay."""
+def _abandon(sd: StateDir, s: SessionState, vault: Vault) -> None:
+    """Close `s` for good: archives the vault holds are recorded as uploaded
+    (an upload may have finished unrecorded), the rest are discarded; their
+    staged files go only once that is durable. Blocking: asks the vault."""
+    doomed: list[str] = []
     for a in sd.state.archives_of(s.id):
+        if a.state in ("sealed", "uploading"):
+            key = vault.key_for(s.id, a.id, a.staged[len(a.id) :])
+            stored = vault.confirm(key, a.sha256)
+            if stored is not None:
+                if a.state == "sealed":
+                    sd.record(
+                        ev.UploadStarted(at=time.time(), archive=a.id, vault=vault.url, key=key)
+                    )
+                sd.record(
+                    ev.ArchiveUploaded(
+                        at=time.time(), archive=a.id, vault=vault.url, key=key,
+                        size=stored.size, sha256=stored.sha256,
+                    )
+                )  # fmt: skip
+                doomed.append(a.staged)
+                continue
         if a.state in ("building", "sealed", "uploading"):
             sd.record(ev.ArchiveDiscarded(at=time.time(), archive=a.id, reason="session abandoned"))
-            for name in (a.staged, f"{a.id}.partial"):
-                if name:
-                    (sd.staging / name).unlink(missing_ok=True)
+            doomed += [a.staged, f"{a.id}.partial"]
     sd.record(ev.SessionAbandoned(at=time.time(), session=s.id, reason="--new-session"))
     sd.commit()
+    for name in doomed:
+        if name:
+            (sd.staging / name).unlink(missing_ok=True)
 
 
 def parse_duration(text: str) -> float:

@@ -83,7 +83,7 @@ class SessionPaused(_Base, frozen=True):
     """The session stopped taking work and reached a consistent point."""
 
     session: str
-    reason: str  # "signal:SIGTERM", "deadline", "disk full", ...
+    reason: str  # "signal SIGTERM", "deadline", "error: No space left on device (...)"
 
 
 class SessionCompleted(_Base, frozen=True):

@@ -235,11 +235,6 @@ def test_source_changes_between_interruption_and_resume(tmp_path: Path) -> None:
     back = tmp_path / "back"
     restore_all(state, back)
     assert describe(back / str(src).lstrip("/")) == describe(src)
-    # nothing was deleted, so nothing may be recorded as deleted
-    assert not [e for e in cu.events_now(state) if isinstance(e, ev.EntryDeleted)]
-    st, _ = read_state(state)
-    (session,) = st.sessions.values()
-    assert session.crashes == 2
     st, _ = read_state(state)
     (session,) = st.sessions.values()
     assert stored_files[0] in session.deleted

@@ -31,8 +31,9 @@ class Vault(Protocol):
     def confirm(self, key: str, sha256: str) -> Stored | None:
         """What the vault holds under `key` if its checksum is `sha256`, else None."""
 
-    def remove_orphans(self) -> list[tuple[str, int]]:
-        """Remove leftovers of interrupted uploads; returns (name, size) of each."""
+    def remove_orphans(self, sessions: set[str]) -> list[tuple[str, int]]:
+        """Remove leftovers of interrupted uploads of these sessions (never
+        another state dir's); returns (name, size) of each."""
 
     def stat(self, key: str) -> int | None:
         """Size of the object under `key`, or None if absent."""

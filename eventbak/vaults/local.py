@@ -114,10 +114,12 @@ class LocalVault:
             raise VaultError(f"vault {self.root}: cannot read {key}: {exc.strerror}") from None
         return None
 
-    def remove_orphans(self) -> list[tuple[str, int]]:
+    def remove_orphans(self, sessions: set[str]) -> list[tuple[str, int]]:
         """Temp files of puts that never reached their rename."""
         removed = []
         for tmp in (self.root / "archives").glob("*/.*.tmp-*"):
+            if tmp.parent.name not in sessions:
+                continue  # another state dir writing to this vault
             try:
                 size = tmp.stat().st_size
                 tmp.unlink()

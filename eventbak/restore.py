@@ -21,7 +21,9 @@ import re
 import stat
 import tarfile
 import time
+from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -36,6 +38,8 @@ from eventbak.statedir import members
 from eventbak.vaults import Vault, open_vault
 
 _CHUNK = 1024 * 1024
+#: Whole files up to this size are read into memory and written by a thread.
+_SMALL = 256 * 1024
 
 
 @dataclass
@@ -304,15 +308,31 @@ class _Extractor:
             self.bytes += m.length
             if not m.segmented:
                 self._finish_file(fd, dest, m)
+                self.files += 1
+        finally:
+            os.close(fd)
+
+    def write_small(self, item: Item, data: bytes) -> None:
+        """A whole file already in memory (runs in a writer thread)."""
+        m = item.member
+        if len(data) != m.length:
+            raise EventbakError(f"archive ends inside {ev.show_path(m.path)}")
+        dest = self.dest(item.dest)
+        fd = self._open_new(dest)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            self._finish_file(fd, dest, m)
         finally:
             os.close(fd)
 
     def _finish_file(self, fd: int, dest: bytes, m: ev.Member) -> None:
+        """Owner, mode and mtime (no counting here: writer threads call it)."""
         if self.root:
             os.fchown(fd, m.uid, m.gid)
         os.fchmod(fd, m.mode)
         os.utime(fd, ns=(m.mtime_ns, m.mtime_ns))
-        self.files += 1
 
     def finish_segments(self) -> None:
         for dest, m in self.segments.items():
@@ -320,6 +340,7 @@ class _Extractor:
             try:
                 os.ftruncate(fd, m.size)
                 self._finish_file(fd, dest, m)
+                self.files += 1
             finally:
                 os.close(fd)
 
@@ -364,8 +385,39 @@ def verify_archive(vault: Vault, a: ArchiveState) -> None:
         )
 
 
+class _Writers:
+    """Small whole files are written by a few threads: creating a file costs
+    the kernel far more than it costs Python, and the threads overlap that
+    (the GIL is released in open, write and close). At most `limit` files
+    (of at most `_SMALL` bytes each) wait in memory."""
+
+    def __init__(self, workers: int = 4, limit: int = 256) -> None:
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="restore")
+        self._pending: deque[Future[None]] = deque()
+        self._limit = limit
+
+    def submit(self, fn: Callable[[Item, bytes], None], item: Item, data: bytes) -> None:
+        self._pending.append(self._pool.submit(fn, item, data))
+        while len(self._pending) > self._limit:
+            self._pending.popleft().result()
+
+    def drain(self) -> None:
+        while self._pending:
+            self._pending.popleft().result()
+
+    def close(self) -> None:
+        try:
+            self.drain()
+        finally:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+
+
 def _extract_archive(
-    vault: Vault, a: ArchiveState, wanted: dict[bytes, list[Item]], ex: _Extractor
+    vault: Vault,
+    a: ArchiveState,
+    wanted: dict[bytes, list[Item]],
+    ex: _Extractor,
+    writers: _Writers,
 ) -> None:
     verify_archive(vault, a)
     with vault.open(a.key) as raw:
@@ -380,16 +432,25 @@ def _extract_archive(
                     if not items:
                         continue
                     for item in items:
-                        kind = item.member.kind
-                        if kind == "file":
+                        m = item.member
+                        if m.kind == "file" and not m.segmented and m.length <= _SMALL:
+                            f = tf.extractfile(ti)
+                            data = f.read() if f is not None else b""
+                            ex.parent_ok(ex.dest(item.dest))  # mkdirs stay in this thread
+                            writers.submit(ex.write_small, item, data)
+                            ex.files += 1
+                            ex.bytes += m.length
+                        elif m.kind == "file":
+                            writers.drain()  # a big file: the writers' files first
                             ex.write_file(item, tf.extractfile(ti))
-                        elif kind == "symlink":
+                        elif m.kind == "symlink":
                             ex.symlink(item)
                         left -= 1
                     if left == 0:
                         break
         except (tarfile.TarError, zstandard.ZstdError) as exc:
             raise VaultError(f"archive {a.id} cannot be read: {exc}") from None
+    writers.drain()
     if left:
         raise VaultError(f"archive {a.id} lacks {left} members its catalog lists")
 
@@ -433,12 +494,13 @@ def restore(
                 f"{ev.show_path(existing[0])}); use --overwrite to replace them"
             )
     vaults: dict[str, Vault] = {}
+    writers = _Writers()
     try:
         for item in sorted(plan.dirs, key=lambda i: i.dest.count(b"/")):
             ex.make_dir(item)
         for a, wanted in plan.by_archive:
             vault = vaults.get(a.vault) or vaults.setdefault(a.vault, open_vault(a.vault))
-            _extract_archive(vault, a, wanted, ex)
+            _extract_archive(vault, a, wanted, ex, writers)
         ex.finish_segments()
         for item in plan.links:
             ex.hardlink(item)
@@ -446,6 +508,8 @@ def restore(
     except OSError as exc:
         where = os.fsdecode(exc.filename) if exc.filename is not None else "?"
         raise EventbakError(f"restore failed: {exc.strerror}: {where}") from None
+    finally:
+        writers.close()
     return RestoreReport(
         ", ".join(s.id for s in plan.sessions),
         ex.files + len(plan.dirs),

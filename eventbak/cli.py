@@ -149,6 +149,11 @@ def _requests(
             return vault, size_override or DEFAULT_ARCHIVE_SIZE
         if name is None and len(cfg.vaults) == 1:
             name = next(iter(cfg.vaults))
+        elif name is None and len(cfg.vaults) > 1:
+            raise UsageError(
+                f"the config has {len(cfg.vaults)} vaults ({', '.join(cfg.vaults)}): "
+                "say which with --vault URL"
+            )
         if name is not None:
             v = cfg.vaults[name]
             return v.url, size_override or parse_archive_size(v.archive_size)
@@ -511,7 +516,7 @@ def status(c: Ctx, as_json: bool) -> None:
         f"  archives:    {s.archives_uploaded} uploaded of {len(kept)} "
         f"({_human(s.bytes_uploaded)}; {len(s.archives) - len(kept)} discarded)"
     )
-    click.echo(f"  skipped:     {len(s.skipped)}   changed while read: {len(s.changed)}")
+    click.echo(f"  skipped:     {len(s.skipped)}   changed: {len(s.changed)}")
     why = ", ".join(s.pauses + ["crash"] * s.crashes) or "none"
     click.echo(f"  interrupted: {s.interruptions} times ({why})")
     if s.error:
@@ -550,7 +555,7 @@ def replay(
     if not path.exists():
         raise UsageError(f"no event log in {c.state_dir} (nothing backed up yet?)")
     try:
-        image = read_log(path, until, full=members)
+        image = read_log(path, until, full=members or verify)  # verify checks members too
     except LogCorrupt as exc:
         if verify:
             _verdict(as_json, False, exc.offset, exc.detail)

@@ -126,6 +126,19 @@ def _scan(
             return
         try:
             event = decoder.decode(data[pos + FRAME.size : end])
+            if isinstance(event, ev.ArchiveSealedHead) and event.count == 0:
+                # written before the summary fields existed: compute them once
+                full = _decoder.decode(data[pos + FRAME.size : end])
+                assert isinstance(full, ev.ArchiveSealed)
+                s = ev.ArchiveSealed.of(
+                    full.at, full.archive, full.staged, full.size, full.raw_size,
+                    full.sha256, full.compression, full.members,
+                )  # fmt: skip
+                event = ev.ArchiveSealedHead(
+                    at=s.at, archive=s.archive, staged=s.staged, size=s.size,
+                    raw_size=s.raw_size, sha256=s.sha256, compression=s.compression,
+                    count=s.count, files=s.files, bytes=s.bytes, last=s.last,
+                )  # fmt: skip
         except msgspec.ValidationError as exc:
             raise LogCorrupt(
                 str(path), pos, f"undecodable event ({exc}); written by a newer eventbak?"
@@ -182,6 +195,10 @@ def read_event_at(path: Path, offset: int) -> ev.Event:
     try:
         event: ev.Event = _decoder.decode(frame[FRAME.size :])
         return event
+    except msgspec.ValidationError as exc:
+        raise LogCorrupt(
+            str(path), offset, f"undecodable event ({exc}); written by a newer eventbak?"
+        ) from None
     except msgspec.DecodeError as exc:
         raise LogCorrupt(str(path), offset, f"undecodable event ({exc})") from None
 

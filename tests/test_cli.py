@@ -273,6 +273,10 @@ def test_backup_two_datasets_from_config(mode: str, tmp_path: Path) -> None:
     assert out[0]["session"] in {a["session"] for a in by_vault[v1]}
     status = assert_ok(cli(*pre, "status", "--json")).json()
     assert (status["dataset"], status["state"]) == ("two", "completed")
+    # a PATH with no --vault while the config has two vaults: which one? refuse
+    (tmp_path / "three").mkdir()
+    run = cli(*pre, "backup", tmp_path / "three")
+    assert run.code == 2 and "say which with --vault" in run.err, run.err
 
 
 # -- restore --------------------------------------------------------------------------

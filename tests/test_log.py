@@ -697,3 +697,41 @@ def test_open_of_a_refused_log_closes_the_log_file(tmp_path: Path) -> None:
     with pytest.raises(IllegalTransition):
         StateDir.open(tmp_path)
     assert _log_fds(path) == []
+
+
+def test_seal_records_without_summary_fields_are_summarised_on_read(tmp_path: Path) -> None:
+    """A record written before ArchiveSealed carried count/files/bytes/last
+    still folds to the right counters and resume point."""
+    from eventbak.statedir import read_state
+
+    members = [
+        ev.Member(b"/d", "dir", 0o755, 1),
+        ev.Member(b"/d/a", "file", 0o644, 1, 10, 0, 0, b"", 0, 10),
+        ev.Member(b"/d/big", "file", 0o644, 1, 100, 0, 0, b"", 0, 60),
+    ]
+    old_style = ev.ArchiveSealed(
+        at=1.0, archive="s-000001", staged="x", size=1, raw_size=2, sha256="0" * 64,
+        compression="auto", members=members,
+    )  # fmt: skip
+    assert old_style.count == 0  # the summary fields at their defaults
+    path = tmp_path / "events.log"
+    log, _ = EventLog.open(path)
+    log.append(
+        ev.SessionOpened(
+            at=0.0,
+            session="s",
+            dataset="d",
+            vault="file:///v",
+            paths=[b"/d"],
+            archive_size=65536,
+            compression="auto",
+        )
+    )
+    log.append(ev.ArchiveStarted(at=0.5, session="s", archive="s-000001", index=1))
+    log.append(old_style)
+    log.commit()
+    log.close()
+    state, _ = read_state(tmp_path)
+    a = state.archives["s-000001"]
+    assert (a.count, a.files, a.bytes, a.last) == (3, 2, 70, members[-1])
+    assert (state.sessions["s"].files, state.sessions["s"].bytes) == (2, 70)

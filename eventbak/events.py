@@ -16,6 +16,7 @@ See docs/formats.md.
 
 from __future__ import annotations
 
+import typing
 from typing import Literal
 
 import msgspec
@@ -255,7 +256,7 @@ class LogTailTruncated(_Base, frozen=True):
     dropped: int
 
 
-Event = (
+_EVERY_OTHER_EVENT = (
     SessionOpened
     | SessionResumed
     | SessionPaused
@@ -266,7 +267,6 @@ Event = (
     | EntryChanged
     | EntryDeleted
     | ArchiveStarted
-    | ArchiveSealed
     | ArchiveDiscarded
     | UploadStarted
     | ArchiveUploaded
@@ -274,44 +274,12 @@ Event = (
     | LogTailTruncated
 )
 
+#: Every event, as written.
+Event = _EVERY_OTHER_EVENT | ArchiveSealed
 #: The union the fold reads: `ArchiveSealedHead` in place of `ArchiveSealed`.
-HeadEvent = (
-    SessionOpened
-    | SessionResumed
-    | SessionPaused
-    | SessionCompleted
-    | SessionFailed
-    | SessionAbandoned
-    | EntrySkipped
-    | EntryChanged
-    | EntryDeleted
-    | ArchiveStarted
-    | ArchiveSealedHead
-    | ArchiveDiscarded
-    | UploadStarted
-    | ArchiveUploaded
-    | OrphanRemoved
-    | LogTailTruncated
-)
+HeadEvent = _EVERY_OTHER_EVENT | ArchiveSealedHead
 
-EVENT_TYPES: tuple[type[_Base], ...] = (
-    SessionOpened,
-    SessionResumed,
-    SessionPaused,
-    SessionCompleted,
-    SessionFailed,
-    SessionAbandoned,
-    EntrySkipped,
-    EntryChanged,
-    EntryDeleted,
-    ArchiveStarted,
-    ArchiveSealed,
-    ArchiveDiscarded,
-    UploadStarted,
-    ArchiveUploaded,
-    OrphanRemoved,
-    LogTailTruncated,
-)
+EVENT_TYPES: tuple[type[_Base], ...] = typing.get_args(Event)
 
 
 def event_name(event: Event | HeadEvent) -> str:

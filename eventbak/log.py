@@ -28,6 +28,7 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import msgspec
 
@@ -96,7 +97,7 @@ def _valid_frame_after(data: memoryview, pos: int) -> int:
 
 
 def _scan(
-    path: Path, data: memoryview, until: int | None, decoder: msgspec.msgpack.Decoder[object]
+    path: Path, data: memoryview, until: int | None, decoder: msgspec.msgpack.Decoder[Any]
 ) -> Iterator[Record | TornTail]:
     """Records of a log image; a torn tail is yielded last, corruption raises."""
     if len(data) < len(HEADER):
@@ -124,29 +125,14 @@ def _scan(
                 raise LogCorrupt(str(path), pos, why)
             yield TornTail(pos, len(data) - pos, why)
             return
-        try:
-            event = decoder.decode(data[pos + FRAME.size : end])
-            if isinstance(event, ev.ArchiveSealedHead) and event.count == 0:
-                # written before the summary fields existed: compute them once
-                full = _decoder.decode(data[pos + FRAME.size : end])
-                assert isinstance(full, ev.ArchiveSealed)
-                s = ev.ArchiveSealed.of(
-                    full.at, full.archive, full.staged, full.size, full.raw_size,
-                    full.sha256, full.compression, full.members,
-                )  # fmt: skip
-                event = ev.ArchiveSealedHead(
-                    at=s.at, archive=s.archive, staged=s.staged, size=s.size,
-                    raw_size=s.raw_size, sha256=s.sha256, compression=s.compression,
-                    count=s.count, files=s.files, bytes=s.bytes, last=s.last,
-                )  # fmt: skip
-        except msgspec.ValidationError as exc:
-            raise LogCorrupt(
-                str(path), pos, f"undecodable event ({exc}); written by a newer eventbak?"
-            ) from None
-        except msgspec.DecodeError as exc:
-            raise LogCorrupt(str(path), pos, f"undecodable event ({exc})") from None
+        event = _decode(decoder, data[pos + FRAME.size : end], path, pos)
+        if isinstance(event, ev.ArchiveSealedHead) and event.count == 0:
+            # written before the summary fields existed: compute them once
+            full = _decode(_decoder, data[pos + FRAME.size : end], path, pos)
+            assert isinstance(full, ev.ArchiveSealed)
+            event = _head_of(full)
         seq += 1
-        yield Record(seq, pos, event)  # type: ignore[arg-type]
+        yield Record(seq, pos, event)
         pos = end
 
 
@@ -192,15 +178,31 @@ def read_event_at(path: Path, offset: int) -> ev.Event:
     end, why = _frame_at(memoryview(frame), 0)
     if end < 0:
         raise LogCorrupt(str(path), offset, why)
+    event: ev.Event = _decode(_decoder, frame[FRAME.size :], path, offset)
+    return event
+
+
+def _decode(
+    decoder: msgspec.msgpack.Decoder[Any], payload: bytes | memoryview, path: Path, offset: int
+) -> Any:
     try:
-        event: ev.Event = _decoder.decode(frame[FRAME.size :])
-        return event
+        return decoder.decode(payload)
     except msgspec.ValidationError as exc:
         raise LogCorrupt(
             str(path), offset, f"undecodable event ({exc}); written by a newer eventbak?"
         ) from None
     except msgspec.DecodeError as exc:
         raise LogCorrupt(str(path), offset, f"undecodable event ({exc})") from None
+
+
+def _head_of(sealed: ev.ArchiveSealed) -> ev.ArchiveSealedHead:
+    """The head of a seal record, its summary computed from its members."""
+    s = ev.ArchiveSealed.of(
+        sealed.at, sealed.archive, sealed.staged, sealed.size, sealed.raw_size,
+        sealed.sha256, sealed.compression, sealed.members,
+    )  # fmt: skip
+    fields = ev.ArchiveSealedHead.__struct_fields__
+    return ev.ArchiveSealedHead(**{f: getattr(s, f) for f in fields})
 
 
 def _fsync_dir(path: Path) -> None:

@@ -44,7 +44,7 @@ from eventbak.coordinator import (
     run_backup,
 )
 from eventbak.errors import EXIT_PARTIAL, EventbakError, LogCorrupt, UsageError
-from eventbak.log import read_log
+from eventbak.log import TornTail, head_of, iter_log
 from eventbak.scanner import normalize_roots
 from eventbak.state import IllegalTransition, State, apply, describe_machines
 from eventbak.statedir import StateDir, log_path, read_state
@@ -532,6 +532,8 @@ def _event_line(seq: int, offset: int, e: ev.Event | ev.HeadEvent) -> str:
     for k, v in d.items():
         if k == "members":
             parts.append(f"members={len(v)}")
+        elif k == "last" and isinstance(v, dict):
+            parts.append(f"last={v['path']}")
         else:
             parts.append(f"{k}={v}")
     return f"{seq:>7} @{offset:<10} {_when(at)} {ev.event_name(e)} " + " ".join(parts)
@@ -554,56 +556,69 @@ def replay(
     path = log_path(c.state_dir)
     if not path.exists():
         raise UsageError(f"no event log in {c.state_dir} (nothing backed up yet?)")
-    try:
-        image = read_log(path, until, full=members or verify)  # verify checks members too
+    state = State()
+    count, torn, size = 0, None, path.stat().st_size
+    try:  # one record at a time: a long log is never held decoded in memory
+        for rec in iter_log(path, until, full=members or verify):  # verify reads members too
+            if isinstance(rec, TornTail):
+                torn = rec
+                continue
+            count += 1
+            try:
+                apply(state, rec.event, rec.offset)
+            except IllegalTransition as exc:
+                if verify:
+                    _verdict(as_json, False, rec.offset, f"event {rec.seq}: {exc}")
+                raise EventbakError(
+                    f"event log {path}: event {rec.seq} at offset {rec.offset}: {exc}"
+                ) from None
+            shown = rec.event
+            if isinstance(shown, ev.ArchiveSealed) and not members:
+                shown = head_of(shown)
+            if as_json:
+                d = ev.to_jsonable(shown)
+                assert isinstance(d, dict)
+                click.echo(json.dumps({"seq": rec.seq, "offset": rec.offset, **d}))
+            elif isinstance(shown, ev.ArchiveSealed):  # --members: one line per member
+                click.echo(_event_line(rec.seq, rec.offset, head_of(shown)))
+                for m in shown.members:
+                    where = f" [{m.offset}+{m.length}]" if m.segmented else ""
+                    target = f" -> {ev.show_path(m.target)}" if m.target else ""
+                    click.echo(
+                        f"{'':>20}{m.kind:<8} {m.size:>12} {oct(m.mode)[2:]:>5} "
+                        f"{ev.show_path(m.path)}{where}{target}"
+                    )
+            else:
+                click.echo(_event_line(rec.seq, rec.offset, shown))
     except LogCorrupt as exc:
         if verify:
             _verdict(as_json, False, exc.offset, exc.detail)
         raise
-    state = State()
-    for rec in image.records:
-        try:
-            apply(state, rec.event, rec.offset)
-        except IllegalTransition as exc:
-            if verify:
-                _verdict(as_json, False, rec.offset, f"event {rec.seq}: {exc}")
-            raise EventbakError(
-                f"event log {path}: event {rec.seq} at offset {rec.offset}: {exc}"
-            ) from None
-        if as_json:
-            d = ev.to_jsonable(rec.event)
-            assert isinstance(d, dict)
-            click.echo(json.dumps({"seq": rec.seq, "offset": rec.offset, **d}))
-        else:
-            click.echo(_event_line(rec.seq, rec.offset, rec.event))
     summary: dict[str, Any] = {
-        "events": len(image.records),
-        "bytes": image.size,
+        "events": count,
+        "bytes": size,
         "sessions": {s.id: s.state for s in state.sessions.values()},
         "archives": _count_states(state),
-        "torn_tail": None if image.torn is None else image.torn.__dict__,
+        "torn_tail": None if torn is None else torn.__dict__,
     }
     if as_json:
         click.echo(json.dumps({"state": summary}))
     else:
-        click.echo(f"-- {summary['events']} events, {image.size} bytes")
+        click.echo(f"-- {count} events, {size} bytes")
         for sid, st in summary["sessions"].items():
             click.echo(f"   session {sid}: {st}")
         click.echo(
             "   archives: "
             + (", ".join(f"{n} {k}" for k, n in summary["archives"].items()) or "none")
         )
-    if image.torn is not None:
-        msg = (
-            f"torn final record at offset {image.torn.offset} "
-            f"({image.torn.dropped} bytes: {image.torn.reason})"
-        )
+    if torn is not None:
+        msg = f"torn final record at offset {torn.offset} ({torn.dropped} bytes: {torn.reason})"
         if verify:
-            _verdict(as_json, False, image.torn.offset, msg)
+            _verdict(as_json, False, torn.offset, msg)
             sys.exit(1)
         click.echo(f"eventbak: warning: {msg}; it is cut off at the next backup", err=True)
     elif verify:
-        _verdict(as_json, True, None, f"{len(image.records)} events")
+        _verdict(as_json, True, None, f"{count} events")
 
 
 def _verdict(as_json: bool, ok: bool, offset: int | None, detail: str) -> None:

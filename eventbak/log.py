@@ -130,7 +130,7 @@ def _scan(
             # written before the summary fields existed: compute them once
             full = _decode(_decoder, data[pos + FRAME.size : end], path, pos)
             assert isinstance(full, ev.ArchiveSealed)
-            event = _head_of(full)
+            event = head_of(full)
         seq += 1
         yield Record(seq, pos, event)
         pos = end
@@ -145,23 +145,36 @@ class LogImage:
     size: int
 
 
+def iter_log(
+    path: Path, until: int | None = None, full: bool = False
+) -> Iterator[Record | TornTail]:
+    """The records of the log at `path`, one at a time (a torn tail last);
+    corruption raises when it is reached. Member lists are skipped
+    (`ArchiveSealedHead`) unless `full`."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return
+    yield from _scan(path, memoryview(raw), until, _decoder if full else _head_decoder)
+
+
 def read_log(path: Path, until: int | None = None, full: bool = False) -> LogImage:
     """Read (never modify) the log at `path`. A missing file is an empty log.
 
     Archive member lists are skipped (`ArchiveSealedHead`) unless `full`:
     load them one archive at a time with `read_event_at`."""
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        return LogImage([], None, 0)
     records: list[Record] = []
     torn: TornTail | None = None
-    for item in _scan(path, memoryview(raw), until, _decoder if full else _head_decoder):
+    for item in iter_log(path, until, full):
         if isinstance(item, TornTail):
             torn = item
         else:
             records.append(item)
-    return LogImage(records, torn, len(raw))
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        size = 0
+    return LogImage(records, torn, size)
 
 
 def read_event_at(path: Path, offset: int) -> ev.Event:
@@ -195,7 +208,7 @@ def _decode(
         raise LogCorrupt(str(path), offset, f"undecodable event ({exc})") from None
 
 
-def _head_of(sealed: ev.ArchiveSealed) -> ev.ArchiveSealedHead:
+def head_of(sealed: ev.ArchiveSealed) -> ev.ArchiveSealedHead:
     """The head of a seal record, its summary computed from its members."""
     s = ev.ArchiveSealed.of(
         sealed.at, sealed.archive, sealed.staged, sealed.size, sealed.raw_size,

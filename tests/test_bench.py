@@ -40,9 +40,17 @@ def test_bench_smoke(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     result = json.loads(out.read_text())
 
-    assert {"params", "machine", "tree", "tools", "skipped", "results", "targets", "notes"} <= set(
-        result
-    )
+    assert {
+        "params",
+        "machine",
+        "eventbak",
+        "tree",
+        "tools",
+        "skipped",
+        "results",
+        "targets",
+        "notes",
+    } <= set(result)
     assert result["params"]["runs"] == 1
     assert result["tree"]["files"] > 100 and result["tree"]["small_files"] > 0
     assert set(result["tools"]) == TOOLS

@@ -1,0 +1,1386 @@
+"""Benchmark eventbak against its physical reference and its peers.
+
+    scripts/bench                          # scale 1.0 (a ~3 GB tree), 3 runs of each case
+    scripts/bench --scale 0.003 --runs 1   # seconds: the smoke test (tests/test_bench.py)
+    scripts/bench --only eventbak,restic   # some tools only (also: replay-1M)
+
+The tree comes from bench/gentree.py (--scale, --seed) and is reused while the
+scale and seed stay the same. Cases, each run --runs times with a warm page
+cache, median reported:
+
+  full         the whole tree into a fresh location: eventbak (local vault,
+               default settings), tar | zstd -3 -T0 | split -b 128m, restic, borg
+  text-subset  tar | xz -6 | split -b 128m on a subset of the text files
+               (~20 MB at scale 1; xz does ~2 MB/s)
+  small        the tree's small/ directory alone (files/s)
+  second       an unchanged second backup right after the first (incremental cost)
+  restore      the whole tree back, from the second run's output
+  replay       `eventbak replay --verify` of the log the full and second runs wrote
+  replay-1M    the same on a synthetic, format-exact log of 1,000,000 files
+
+Every output is restored outside the timed region and compared with the
+source, file by file (sha256, symlink targets): the `ok` column. Peak RSS is
+summed over the whole process tree (sampled every 20 ms). eventbak runs from a
+copy of its source taken at the start (WORKDIR/eventbak-snapshot), so that
+edits to the checkout during a long run do not mix versions.
+
+Results: a table on stdout and a JSON file (--json, default WORKDIR/results.json).
+Standard library only (eventbak itself writes the synthetic log).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import hashlib
+import importlib.util
+import json
+import math
+import os
+import platform
+import re
+import shlex
+import shutil
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+GENTREE = HERE / "gentree.py"
+MB = 1e6
+MIB = 1024 * 1024
+PAGE = os.sysconf("SC_PAGE_SIZE")
+ARCHIVE_MEMBERS = 32_000  # members per archive in the synthetic log
+TOOLS = ("eventbak", "tar-zstd", "tar-xz", "restic", "borg")
+SELECTABLE = (*TOOLS, "replay-1M")
+#: command -> Debian package, per tool
+NEEDS: dict[str, dict[str, str]] = {
+    "eventbak": {},
+    "tar-zstd": {"tar": "tar", "zstd": "zstd", "split": "coreutils", "bash": "bash"},
+    "tar-xz": {"tar": "tar", "xz": "xz-utils", "split": "coreutils", "bash": "bash"},
+    "restic": {"restic": "restic"},
+    "borg": {"borg": "borgbackup"},
+}
+CASE_ORDER = ("full", "text-subset", "small", "second", "restore", "replay", "replay-1M")
+
+
+class CmdFailed(Exception):
+    pass
+
+
+# -- measuring ---------------------------------------------------------------
+
+
+def _children_map() -> dict[int, list[int]]:
+    kids: dict[int, list[int]] = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        # the command name may hold spaces and parentheses: fields follow the last ')'
+        fields = stat[stat.rfind(b")") + 2 :].split()
+        kids.setdefault(int(fields[1]), []).append(int(name))
+    return kids
+
+
+def tree_rss(root: int) -> int:
+    """Resident bytes of `root` and all its descendants (0 once they are gone)."""
+    kids = _children_map()
+    total = 0
+    todo = [root]
+    while todo:
+        pid = todo.pop()
+        try:
+            with open(f"/proc/{pid}/statm", "rb") as f:
+                total += int(f.read().split()[1]) * PAGE
+        except (OSError, IndexError, ValueError):
+            pass
+        todo.extend(kids.get(pid, ()))
+    return total
+
+
+class RssSampler(threading.Thread):
+    """Keeps the maximum of `tree_rss(pid)`, sampled every `interval` seconds."""
+
+    def __init__(self, pid: int, interval: float = 0.02) -> None:
+        super().__init__(daemon=True)
+        self.pid = pid
+        self.interval = interval
+        self.peak = 0
+        self._done = threading.Event()
+
+    def run(self) -> None:
+        while True:
+            self.peak = max(self.peak, tree_rss(self.pid))
+            if self._done.wait(self.interval):
+                return
+
+    def stop(self) -> int:
+        self._done.set()
+        self.join()
+        return self.peak
+
+
+@dataclass
+class Sample:
+    seconds: float
+    peak_rss: int  # bytes
+    user: float  # CPU seconds of the process tree (reaped descendants included)
+    system: float
+    stdout: str = ""
+
+
+@dataclass
+class Cmd:
+    argv: list[str]
+    env: dict[str, str] | None = None
+    cwd: Path | None = None
+
+
+def _tail(path: Path, n: int = 600) -> str:
+    try:
+        data = path.read_bytes()[-n:]
+    except OSError:
+        return ""
+    return data.decode("utf-8", "replace").strip()
+
+
+def run_timed(cmd: Cmd, log_dir: Path, tag: str, capture: bool = False) -> Sample:
+    """Run `cmd` once, timed with perf_counter, peak RSS of its process tree
+    sampled alongside; a non-zero exit raises CmdFailed. Untimed before it:
+    `sync`, so that earlier writes are not flushed during this run."""
+    os.sync()
+    log_dir.mkdir(parents=True, exist_ok=True)
+    out_path = log_dir / f"{tag}.out"
+    err_path = log_dir / f"{tag}.err"
+    with open(out_path if capture else os.devnull, "wb") as out, open(err_path, "wb") as err:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd.argv, stdout=out, stderr=err, env=cmd.env, cwd=cmd.cwd)
+        sampler = RssSampler(proc.pid)
+        sampler.start()
+        _, status, usage = os.wait4(proc.pid, 0)
+        seconds = time.perf_counter() - t0
+        peak = sampler.stop()
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    # Not ru_maxrss as a floor: Linux charges the pre-exec address space (this
+    # harness, after fork/vfork) to the child's maxrss, so it is this process's size.
+    if proc.returncode != 0:
+        raise CmdFailed(
+            f"{shlex.join(cmd.argv)}: exit {proc.returncode}: {_tail(err_path) or _tail(out_path)}"
+        )
+    stdout = out_path.read_text(errors="replace") if capture else ""
+    return Sample(seconds, peak, usage.ru_utime, usage.ru_stime, stdout)
+
+
+def run_quiet(cmd: Cmd, what: str) -> str:
+    """An untimed helper command; its stdout, or CmdFailed."""
+    p = subprocess.run(cmd.argv, env=cmd.env, cwd=cmd.cwd, capture_output=True, check=False)
+    if p.returncode != 0:
+        msg = (p.stderr or p.stdout).decode(errors="replace").strip()[-600:]
+        raise CmdFailed(f"{what}: exit {p.returncode}: {msg}")
+    return p.stdout.decode(errors="replace")
+
+
+def warm(paths: Iterable[Path]) -> None:
+    """Read every file below `paths` so that the page cache holds them."""
+    buf = bytearray(1 << 20)
+    for top in paths:
+        for dirpath, _dirs, files in os.walk(top):
+            for name in files:
+                full = os.path.join(dirpath, name)
+                try:
+                    with open(full, "rb", buffering=0) as f:
+                        while f.readinto(buf):
+                            pass
+                except OSError:
+                    pass  # symlinks to nowhere, sockets
+
+
+def du(paths: Iterable[Path]) -> int:
+    """Apparent size of the regular files below `paths`."""
+    total = 0
+    for top in paths:
+        if top.is_file():
+            total += top.stat().st_size
+            continue
+        for dirpath, _dirs, files in os.walk(top):
+            for name in files:
+                try:
+                    st = os.lstat(os.path.join(dirpath, name))
+                except OSError:
+                    continue
+                if not os.path.islink(os.path.join(dirpath, name)):
+                    total += st.st_size
+    return total
+
+
+def rm(path: Path) -> None:
+    if path.is_symlink() or path.is_file():
+        path.unlink()
+    elif path.exists():
+        shutil.rmtree(path)
+
+
+# -- comparing trees -----------------------------------------------------------
+
+
+def _sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb", buffering=0) as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def describe(root: Path, only: set[str] | None = None) -> dict[str, tuple[str, ...]]:
+    """relative path -> ("file", size, sha256) | ("link", target) | ("dir",);
+    with `only`, just those relative paths (files), nothing else."""
+    out: dict[str, tuple[str, ...]] = {}
+    for dirpath, dirs, files in os.walk(root):
+        for name in dirs + files:
+            full = os.path.join(dirpath, name)
+            rel = os.path.relpath(full, root)
+            if only is not None and rel not in only:
+                continue
+            if os.path.islink(full):
+                out[rel] = ("link", os.readlink(full))
+            elif os.path.isdir(full):
+                out[rel] = ("dir",)
+            elif os.path.isfile(full):
+                out[rel] = ("file", str(os.path.getsize(full)), _sha256(full))
+            else:
+                out[rel] = ("other",)
+    return out
+
+
+def compare(expected: dict[str, tuple[str, ...]], root: Path, only: set[str] | None) -> str:
+    """'' when the tree at `root` matches `expected`, else what differs."""
+    if not root.is_dir():
+        return f"{root} was not restored"
+    got = describe(root, only)
+    missing = sorted(set(expected) - set(got))
+    extra = sorted(set(got) - set(expected))
+    differ = sorted(k for k in set(expected) & set(got) if expected[k] != got[k])
+    if not (missing or extra or differ):
+        return ""
+    parts = []
+    for label, items in (("missing", missing), ("extra", extra), ("different", differ)):
+        if items:
+            parts.append(f"{len(items)} {label} (e.g. {', '.join(items[:3])})")
+    return f"{root}: " + "; ".join(parts)
+
+
+# -- the tools -----------------------------------------------------------------
+
+
+class Tool:
+    """One backup program: how to prepare an output location, back up into it
+    (`label` names the run: a1 first, a2 second), restore from it, and where a
+    restored `src` lands below the target directory."""
+
+    name = ""
+
+    def __init__(self, out: Path, env: dict[str, str]) -> None:
+        self.out = out
+        self.env = env
+
+    def reset(self) -> None:
+        rm(self.out)
+        self.out.mkdir(parents=True)
+
+    def backup(self, src: Path, label: str) -> Cmd:
+        raise NotImplementedError
+
+    def backed_up(self, label: str, stdout: str) -> None:
+        """Called with the backup's stdout (to learn snapshot ids)."""
+
+    def restore(self, label: str, target: Path) -> Cmd:
+        raise NotImplementedError
+
+    def landing(self, target: Path, src: Path) -> Path:
+        return target / str(src).lstrip("/")
+
+    def outputs(self) -> list[Path]:
+        return [self.out]
+
+
+class Eventbak(Tool):
+    name = "eventbak"
+
+    def __init__(self, out: Path, env: dict[str, str], exe: list[str]) -> None:
+        super().__init__(out, env)
+        self.exe = exe
+        self.sessions: dict[str, str] = {}
+        self.files: dict[str, int] = {}
+
+    @property
+    def state(self) -> Path:
+        return self.out / "state"
+
+    @property
+    def vault(self) -> Path:
+        return self.out / "vault"
+
+    def reset(self) -> None:
+        super().reset()
+        self.sessions.clear()
+        self.files.clear()
+
+    def backup(self, src: Path, label: str) -> Cmd:
+        argv = [*self.exe, "--state-dir", str(self.state), "backup", str(src)]
+        return Cmd([*argv, "--vault", f"file://{self.vault}", "--json"], self.env)
+
+    def backed_up(self, label: str, stdout: str) -> None:
+        try:
+            summary = json.loads(stdout)
+        except ValueError:
+            raise CmdFailed(f"eventbak backup --json printed no JSON: {stdout[-300:]!r}") from None
+        if summary.get("state") != "completed":
+            raise CmdFailed(f"eventbak session {summary.get('session')}: {summary.get('state')}")
+        self.sessions[label] = summary["session"]
+        self.files[label] = summary["files"]
+
+    def restore(self, label: str, target: Path) -> Cmd:
+        argv = [*self.exe, "--state-dir", str(self.state), "restore", "--to", str(target)]
+        return Cmd([*argv, "--session", self.sessions[label]], self.env)
+
+    def replay(self, state: Path, as_json: bool = False) -> Cmd:
+        argv = [*self.exe, "--state-dir", str(state), "replay", "--verify"]
+        return Cmd(argv + (["--json"] if as_json else []), self.env)
+
+    def outputs(self) -> list[Path]:
+        return [self.vault, self.state]
+
+
+class Restic(Tool):
+    name = "restic"
+
+    def __init__(self, out: Path, env: dict[str, str]) -> None:
+        env = {**env, "RESTIC_PASSWORD": "bench", "RESTIC_CACHE_DIR": str(out / "cache")}
+        super().__init__(out, env)
+        self.snapshots: dict[str, str] = {}
+
+    @property
+    def repo(self) -> Path:
+        return self.out / "repo"
+
+    def reset(self) -> None:
+        super().reset()
+        self.snapshots.clear()
+        run_quiet(Cmd(["restic", "init", "--repo", str(self.repo)], self.env), "restic init")
+
+    def backup(self, src: Path, label: str) -> Cmd:
+        return Cmd(["restic", "backup", "--repo", str(self.repo), str(src)], self.env)
+
+    def backed_up(self, label: str, stdout: str) -> None:
+        m = re.search(r"snapshot ([0-9a-f]+) saved", stdout)
+        self.snapshots[label] = m.group(1) if m else "latest"
+
+    def restore(self, label: str, target: Path) -> Cmd:
+        snap = self.snapshots.get(label, "latest")
+        argv = ["restic", "restore", snap, "--repo", str(self.repo), "--target", str(target)]
+        return Cmd(argv, self.env)
+
+    def outputs(self) -> list[Path]:
+        return [self.repo]
+
+
+class Borg(Tool):
+    name = "borg"
+
+    def __init__(self, out: Path, env: dict[str, str]) -> None:
+        env = {
+            **env,
+            "BORG_BASE_DIR": str(out / "base"),
+            "BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK": "yes",
+            "BORG_RELOCATED_REPO_ACCESS_IS_OK": "yes",
+        }
+        super().__init__(out, env)
+
+    @property
+    def repo(self) -> Path:
+        return self.out / "repo"
+
+    def reset(self) -> None:
+        super().reset()
+        argv = ["borg", "init", "--encryption=none", str(self.repo)]
+        run_quiet(Cmd(argv, self.env), "borg init")
+
+    def backup(self, src: Path, label: str) -> Cmd:
+        argv = ["borg", "create", "--compression", "auto,zstd,3", f"{self.repo}::{label}"]
+        return Cmd([*argv, str(src)], self.env)
+
+    def restore(self, label: str, target: Path) -> Cmd:
+        target.mkdir(parents=True, exist_ok=True)
+        return Cmd(["borg", "extract", f"{self.repo}::{label}"], self.env, cwd=target)
+
+    def outputs(self) -> list[Path]:
+        return [self.repo]
+
+
+class TarPipe(Tool):
+    """tar | COMPRESSOR | split -b 128m: each run writes OUT/<label>/part.*."""
+
+    def __init__(
+        self,
+        name: str,
+        out: Path,
+        env: dict[str, str],
+        pack: str,
+        unpack: str,
+        file_list: Path | None = None,
+    ) -> None:
+        super().__init__(out, env)
+        self.name = name
+        self.pack = pack
+        self.unpack = unpack
+        self.file_list = file_list  # members relative to src, else src itself
+
+    def _sh(self, script: str, cwd: Path | None = None) -> Cmd:
+        return Cmd(["bash", "-c", "set -euo pipefail; " + script], self.env, cwd)
+
+    def backup(self, src: Path, label: str) -> Cmd:
+        parts = self.out / label
+        parts.mkdir(parents=True, exist_ok=True)  # untimed: this runs before the timer
+        q = shlex.quote
+        if self.file_list is not None:
+            tar = f"tar cf - -C {q(str(src))} -T {q(str(self.file_list))}"
+        else:
+            tar = f"tar cf - -C {q(str(src.parent))} {q(src.name)}"
+        return self._sh(f"{tar} | {self.pack} | split -b 128m - {q(str(parts))}/part.")
+
+    def restore(self, label: str, target: Path) -> Cmd:
+        target.mkdir(parents=True, exist_ok=True)
+        parts = shlex.quote(str(self.out / label))
+        return self._sh(
+            f"cat {parts}/part.* | {self.unpack} | tar xf - -C {shlex.quote(str(target))}"
+        )
+
+    def landing(self, target: Path, src: Path) -> Path:
+        return target if self.file_list is not None else target / src.name
+
+
+# -- results -----------------------------------------------------------------
+
+
+@dataclass
+class Row:
+    case: str
+    tool: str
+    samples: list[Sample] = field(default_factory=list)
+    input_bytes: int = 0
+    input_files: int = 0
+    output_bytes: int | None = None
+    ok: bool | None = None
+    error: str = ""
+    note: str = ""
+    load1: float = 0.0
+
+    @property
+    def median(self) -> float | None:
+        return statistics.median(s.seconds for s in self.samples) if self.samples else None
+
+    def rate(self, amount: int) -> float | None:
+        m = self.median
+        return amount / m if m and amount else None
+
+    def as_dict(self) -> dict[str, Any]:
+        mb = self.rate(self.input_bytes)
+        fps = self.rate(self.input_files)
+        peak = max((s.peak_rss for s in self.samples), default=0)
+        return {
+            "case": self.case,
+            "tool": self.tool,
+            "median_s": _round(self.median, 4),
+            "mb_per_s": _round(mb / MB if mb else None, 1),
+            "files_per_s": _round(fps, 0),
+            "peak_rss_mib": _round(peak / MIB if peak else None, 1),
+            "output_mib": _round(
+                self.output_bytes / MIB if self.output_bytes is not None else None, 2
+            ),
+            "ok": self.ok,
+            "error": self.error,
+            "note": self.note,
+            "input_bytes": self.input_bytes,
+            "input_files": self.input_files,
+            "output_bytes": self.output_bytes,
+            "load1_at_start": self.load1,
+            "runs": [
+                {
+                    "s": round(s.seconds, 4),
+                    "peak_rss_mib": round(s.peak_rss / MIB, 1),
+                    "user_s": round(s.user, 3),
+                    "sys_s": round(s.system, 3),
+                }
+                for s in self.samples
+            ],
+        }
+
+
+def _round(x: float | None, nd: int) -> float | None:
+    if x is None:
+        return None
+    return round(x, nd) if nd else float(round(x))
+
+
+def _load1() -> float:
+    return os.getloadavg()[0]
+
+
+# -- the bench -----------------------------------------------------------------
+
+
+@dataclass
+class TreeInfo:
+    root: Path
+    files: int
+    bytes: int
+    small_files: int
+    small_bytes: int
+    subset: list[str]
+    subset_bytes: int
+
+
+def _count(root: Path) -> tuple[int, int]:
+    files = size = 0
+    for dirpath, _dirs, names in os.walk(root):
+        for name in names:
+            full = os.path.join(dirpath, name)
+            if not os.path.islink(full) and os.path.isfile(full):
+                files += 1
+                size += os.path.getsize(full)
+    return files, size
+
+
+def prepare_tree(work: Path, scale: float, seed: int) -> TreeInfo:
+    """Generate the tree (or reuse the one already there for this scale and seed)."""
+    root = (work / "tree").absolute()
+    marker = work / "tree.json"
+    want = {
+        "scale": scale,
+        "seed": seed,
+        "gentree_sha256": hashlib.sha256(GENTREE.read_bytes()).hexdigest(),
+    }
+    have = None
+    if marker.exists() and root.is_dir():
+        try:
+            have = json.loads(marker.read_text())
+        except ValueError:
+            have = None
+    if have is None or any(have.get(k) != v for k, v in want.items()):
+        rm(marker)
+        rm(root)
+        print(f"generating the tree (scale {scale}, seed {seed}) in {root} ...", flush=True)
+        t0 = time.perf_counter()
+        subprocess.run(
+            [sys.executable, str(GENTREE), str(root), "--scale", str(scale), "--seed", str(seed)],
+            check=True,
+        )
+        print(f"  generated in {time.perf_counter() - t0:.1f} s", flush=True)
+        marker.write_text(json.dumps(want))
+    else:
+        print(f"reusing the tree in {root} (scale {scale}, seed {seed})", flush=True)
+    files, size = _count(root)
+    small_files, small_bytes = _count(root / "small")
+    # the xz subset: text files in path order, ~20 MB at scale 1 (scaled down below 1)
+    budget = 20e6 * min(scale, 1.0)
+    texts = sorted(
+        (str(p.relative_to(root)), p.stat().st_size) for p in (root / "src").rglob("*.py")
+    )
+    subset: list[str] = []
+    total = 0
+    for rel, sz in texts:
+        if total + sz <= budget:
+            subset.append(rel)
+            total += sz
+    if not subset and texts:
+        rel, sz = min(texts, key=lambda t: t[1])
+        subset, total = [rel], sz
+    return TreeInfo(root, files, size, small_files, small_bytes, subset, total)
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.work: Path = args.workdir.absolute()
+        self.runs: int = args.runs
+        self.rows: list[Row] = []
+        self.notes: list[str] = []
+        self.logs = self.work / "logs"
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("EVENTBAK_")}
+        exe = Path(sys.executable).parent / "eventbak"
+        self.eventbak_exe = [str(exe)] if exe.exists() else [sys.executable, "-P", "-m", "eventbak"]
+        self.tree: TreeInfo
+        self.expected: dict[str, dict[str, tuple[str, ...]]] = {}
+
+    # -- helpers -------------------------------------------------------------
+
+    def row(self, case: str, tool: str, files: int, size: int, note: str = "") -> Row:
+        r = Row(case, tool, input_files=files, input_bytes=size, note=note, load1=_load1())
+        self.rows.append(r)
+        return r
+
+    def timed(
+        self, cmd: Cmd, tag: str, warm_paths: Sequence[Path], capture: bool = False
+    ) -> Sample:
+        warm(warm_paths)
+        s = run_timed(cmd, self.logs, tag, capture)
+        print(
+            f"  {tag:<24} {s.seconds:9.3f} s  peak {s.peak_rss / MIB:7.1f} MiB"
+            f"  cpu {s.user:7.2f}+{s.system:.2f} s  load {_load1():.2f}",
+            flush=True,
+        )
+        return s
+
+    def expect(self, key: str, root: Path, only: set[str] | None = None) -> dict[str, Any]:
+        if key not in self.expected:
+            self.expected[key] = describe(root, only)
+        return self.expected[key]
+
+    def verify(
+        self, tool: Tool, label: str, src: Path, key: str, only: set[str] | None = None
+    ) -> str:
+        """Restore `label` (untimed) into a fresh directory and compare with `src`."""
+        target = self.work / "restore"
+        rm(target)
+        target.mkdir(parents=True)
+        try:
+            run_quiet(tool.restore(label, target), f"{tool.name} restore")
+            return compare(self.expect(key, src, only), tool.landing(target, src), only)
+        finally:
+            rm(target)
+
+    # -- cases -----------------------------------------------------------------
+
+    def backup_tool(self, tool: Tool) -> None:
+        t = self.tree
+        full = self.row("full", tool.name, t.files, t.bytes)
+        second = self.row("second", tool.name, t.files, t.bytes, _SECOND_NOTES.get(tool.name, ""))
+        restore = self.row("restore", tool.name, t.files, t.bytes)
+        rows = [full, second, restore]
+        try:
+            for i in range(self.runs):
+                tool.reset()
+                s = self.timed(tool.backup(t.root, "a1"), f"{tool.name}-full-{i}", [t.root], True)
+                tool.backed_up("a1", s.stdout)
+                full.samples.append(s)
+                size1 = du(tool.outputs())
+                full.output_bytes = size1
+                s = self.timed(tool.backup(t.root, "a2"), f"{tool.name}-second-{i}", [t.root], True)
+                tool.backed_up("a2", s.stdout)
+                second.samples.append(s)
+                second.output_bytes = du(tool.outputs()) - size1
+            why = self.verify(tool, "a1", t.root, "tree")
+            full.ok, full.error = not why, why
+            oks = []
+            for i in range(self.runs):
+                target = self.work / "restore"
+                rm(target)
+                s = self.timed(
+                    tool.restore("a2", target), f"{tool.name}-restore-{i}", tool.outputs()
+                )
+                restore.samples.append(s)
+                why = compare(self.expect("tree", t.root), tool.landing(target, t.root), None)
+                rm(target)
+                oks.append(why)
+            second.ok, second.error = not oks[0], oks[0]
+            bad = [w for w in oks if w]
+            restore.ok, restore.error = not bad, (bad[0] if bad else "")
+            if isinstance(tool, Eventbak):
+                self.replay_case(tool)
+        except CmdFailed as exc:
+            for r in rows:
+                if r.ok is None:
+                    r.ok, r.error = False, str(exc)
+            print(f"   FAILED: {exc}", flush=True)
+        self.small_case(tool)
+        rm(tool.out)
+
+    def small_case(self, tool: Tool) -> None:
+        t = self.tree
+        small = t.root / "small"
+        r = self.row("small", tool.name, t.small_files, t.small_bytes)
+        try:
+            for i in range(self.runs):
+                tool.reset()
+                s = self.timed(tool.backup(small, "a1"), f"{tool.name}-small-{i}", [small], True)
+                tool.backed_up("a1", s.stdout)
+                r.samples.append(s)
+                r.output_bytes = du(tool.outputs())
+            why = self.verify(tool, "a1", small, "small")
+            r.ok, r.error = not why, why
+        except CmdFailed as exc:
+            r.ok, r.error = False, str(exc)
+            print(f"   FAILED: {exc}", flush=True)
+
+    def replay_case(self, tool: Eventbak) -> None:
+        files = sum(tool.files.values())
+        log = tool.state / "events.log"
+        r = self.row(
+            "replay",
+            "eventbak",
+            files,
+            log.stat().st_size,
+            f"log of the full and second runs: {len(tool.sessions)} sessions, {files} files",
+        )
+        try:
+            for i in range(self.runs):
+                r.samples.append(self.timed(tool.replay(tool.state), f"replay-{i}", [log]))
+            r.ok, r.error = _replay_ok(tool, tool.state, len(tool.sessions), files)
+        except CmdFailed as exc:
+            r.ok, r.error = False, str(exc)
+
+    def xz_case(self, tool: TarPipe) -> None:
+        t = self.tree
+        r = self.row(
+            "text-subset",
+            tool.name,
+            len(t.subset),
+            t.subset_bytes,
+            f"{len(t.subset)} text files of src/, {t.subset_bytes / MB:.1f} MB",
+        )
+        only = set(t.subset)
+        paths = [t.root / p for p in t.subset]
+        try:
+            for i in range(self.runs):
+                tool.reset()
+                r.samples.append(self.timed(tool.backup(t.root, "a1"), f"xz-{i}", paths))
+                r.output_bytes = du(tool.outputs())
+            why = self.verify(tool, "a1", t.root, "subset", only)
+            r.ok, r.error = not why, why
+        except CmdFailed as exc:
+            r.ok, r.error = False, str(exc)
+            print(f"   FAILED: {exc}", flush=True)
+        rm(tool.out)
+
+    def replay_1m_case(self, n: int) -> None:
+        state = self.work / "replay-1M" / "state"
+        rm(state.parent)
+        print(f"writing a synthetic log of {n} files ...", flush=True)
+        t0 = time.perf_counter()
+        archives = write_synthetic_log(state / "events.log", n)
+        log = state / "events.log"
+        size = log.stat().st_size
+        print(f"  {size / MB:.1f} MB, {archives} archives in {time.perf_counter() - t0:.1f} s")
+        r = self.row(
+            "replay-1M",
+            "eventbak",
+            n,
+            size,
+            f"SYNTHETIC log written with eventbak's API: {n} file members in {archives} "
+            f"archives ({size / MB:.1f} MB), not from a real backup",
+        )
+        r.output_bytes = None
+        tool = Eventbak(state.parent, self.env, self.eventbak_exe)
+        try:
+            for i in range(self.runs):
+                r.samples.append(self.timed(tool.replay(state), f"replay-1M-{i}", [log]))
+            r.ok, r.error = _replay_ok(tool, state, 1, n)
+        except CmdFailed as exc:
+            r.ok, r.error = False, str(exc)
+        rm(state.parent)
+
+
+_SECOND_NOTES = {
+    "eventbak": "no incremental yet: a new session backs up everything again",
+    "tar-zstd": "no incremental mode: a full run again into a fresh location",
+    "restic": "skips unchanged files (parent snapshot)",
+    "borg": "skips unchanged files (files cache)",
+}
+
+
+def _replay_ok(tool: Eventbak, state: Path, sessions: int, files: int) -> tuple[bool, str]:
+    """Untimed check of a replay: verify ok, every session completed."""
+    out = run_quiet(tool.replay(state, as_json=True), "eventbak replay --json").splitlines()
+    verdict = json.loads(out[-1]) if out else {}
+    summary: dict[str, Any] = {}
+    for line in out:
+        if line.startswith('{"state"'):
+            summary = json.loads(line)["state"]
+    if verdict.get("verify") != "ok":
+        return False, f"replay --verify: {verdict}"
+    states = list(summary.get("sessions", {}).values())
+    if states != ["completed"] * sessions:
+        return False, f"sessions after replay: {states}"
+    return True, ""
+
+
+def write_synthetic_log(path: Path, n: int) -> int:
+    """A format-exact event log of one completed session with `n` file members
+    (archives of ARCHIVE_MEMBERS), written with eventbak's own API. Returns
+    the number of archives."""
+    from eventbak import events as ev
+    from eventbak.log import EventLog
+
+    at = time.time()
+    sid = "20250101T000000Z-syn1"
+    vault = "file:///bench/vault"
+    log, _ = EventLog.open(path)
+    try:
+        log.append(
+            ev.SessionOpened(
+                at=at,
+                session=sid,
+                dataset="cli",
+                vault=vault,
+                paths=[b"/data"],
+                archive_size=128 * MIB,
+                compression="auto",
+                host="bench",
+                version="synthetic",
+            )
+        )
+        log.commit()
+        archives = math.ceil(n / ARCHIVE_MEMBERS)
+        seal = getattr(ev.ArchiveSealed, "of", None)
+        for k in range(archives):
+            aid = f"{sid}-{k + 1:06d}"
+            log.append(ev.ArchiveStarted(at=at, session=sid, archive=aid, index=k + 1))
+            members = [
+                ev.Member(
+                    path=b"/data/d%04d/f%07d.dat" % (i // 1000, i),
+                    kind="file",
+                    mode=0o644,
+                    mtime_ns=1_700_000_000_000_000_000 + i,
+                    size=4096,
+                    uid=1000,
+                    gid=1000,
+                    offset=0,
+                    length=4096,
+                )
+                for i in range(k * ARCHIVE_MEMBERS, min(n, (k + 1) * ARCHIVE_MEMBERS))
+            ]
+            raw = len(members) * (512 + 4096) + 1024
+            size = raw // 3
+            sha = hashlib.sha256(aid.encode()).hexdigest()
+            staged = f"{aid}.tar.zst"
+            fields = dict(
+                at=at,
+                archive=aid,
+                staged=staged,
+                size=size,
+                raw_size=raw,
+                sha256=sha,
+                compression="auto",
+                members=members,
+            )
+            log.append(seal(**fields) if seal else ev.ArchiveSealed(**fields))  # type: ignore[arg-type]
+            key = f"archives/{sid}/{staged}"
+            log.append(ev.UploadStarted(at=at, archive=aid, vault=vault, key=key))
+            log.append(
+                ev.ArchiveUploaded(at=at, archive=aid, vault=vault, key=key, size=size, sha256=sha)
+            )
+            if k % 4 == 3:
+                log.commit()
+        log.append(
+            ev.SessionCompleted(
+                at=at,
+                session=sid,
+                files=n,
+                bytes=n * 4096,
+                archives=archives,
+                skipped=0,
+                changed=0,
+            )
+        )
+        log.commit()
+    finally:
+        log.close()
+    return archives
+
+
+# -- peers, machine ------------------------------------------------------------
+
+
+def ensure_tools(wanted: Sequence[str], install: bool) -> tuple[dict[str, str], list[str]]:
+    """Install what the wanted tools need (apt-get, as root). Returns the
+    reason each unusable tool is skipped, and notes about installing."""
+    notes: list[str] = []
+
+    def missing() -> dict[str, str]:
+        return {
+            cmd: pkg for t in wanted for cmd, pkg in NEEDS[t].items() if shutil.which(cmd) is None
+        }
+
+    lacking = missing()
+    if lacking and install:
+        pkgs = sorted(set(lacking.values()))
+        if os.geteuid() != 0:
+            notes.append(f"not root: cannot apt-get install {' '.join(pkgs)}")
+        elif shutil.which("apt-get") is None:
+            notes.append(f"no apt-get: cannot install {' '.join(pkgs)}")
+        else:
+            print(f"installing {' '.join(pkgs)} (apt-get) ...", flush=True)
+            env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+            argv = ["apt-get", "install", "-y", "-q", *pkgs]
+            if _apt(argv, env) != 0:
+                _apt(["apt-get", "update", "-q"], env)
+                if _apt(argv, env) != 0:
+                    notes.append(f"apt-get install {' '.join(pkgs)} failed (after apt-get update)")
+        lacking = missing()
+    skipped = {}
+    for t in wanted:
+        gone = [cmd for cmd in NEEDS[t] if cmd in lacking]
+        if gone:
+            how = "" if install else " (--no-install)"
+            skipped[t] = f"not installed: {', '.join(gone)}{how}"
+    return skipped, notes
+
+
+def _apt(argv: list[str], env: dict[str, str]) -> int:
+    try:
+        p = subprocess.run(argv, env=env, capture_output=True, timeout=900, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        print(f"   {shlex.join(argv)}: {exc}", flush=True)
+        return 1
+    if p.returncode != 0:
+        print(f"   {shlex.join(argv)}: exit {p.returncode}", flush=True)
+    return p.returncode
+
+
+def _version(argv: list[str]) -> str:
+    try:
+        p = subprocess.run(argv, capture_output=True, timeout=30, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    lines = (p.stdout or p.stderr).decode(errors="replace").strip().splitlines()
+    return lines[0].strip() if lines else ""
+
+
+def _eventbak_source() -> Path:
+    spec = importlib.util.find_spec("eventbak")
+    if spec is None or spec.origin is None:
+        raise SystemExit("bench: eventbak is not importable (run scripts/bootstrap dev)")
+    return Path(spec.origin).parent
+
+
+def fingerprint(package: Path) -> str:
+    """A hash of the package's source files (names and contents)."""
+    h = hashlib.sha256()
+    for p in sorted(package.rglob("*.py")):
+        h.update(str(p.relative_to(package)).encode() + b"\0" + p.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def _git(*args: str) -> str:
+    return _version(["git", "-C", str(HERE.parent), *args])
+
+
+def snapshot_eventbak(work: Path) -> dict[str, Any]:
+    """Copy eventbak's source to WORKDIR/eventbak-snapshot and measure that copy
+    (PYTHONPATH), so that edits landing in the checkout during a long run
+    cannot mix versions within one table."""
+    src = _eventbak_source()
+    dest = work / "eventbak-snapshot"
+    rm(dest)
+    shutil.copytree(src, dest / "eventbak", ignore=shutil.ignore_patterns("__pycache__"))
+    sys.path.insert(0, str(dest))  # the synthetic log is written with the same code
+    modified = _git("status", "--porcelain", "--", str(src))
+    return {
+        "source": str(src),
+        "snapshot": str(dest),
+        "fingerprint": fingerprint(src),
+        "commit": _git("rev-parse", "--short", "HEAD"),
+        "modified": bool(modified),
+    }
+
+
+def machine_info(work: Path, eventbak_exe: list[str]) -> dict[str, Any]:
+    mem = ""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                mem = f"{int(line.split()[1]) / 1024 / 1024:.1f} GiB"
+    except OSError:
+        pass
+    cpu = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    df = ""
+    try:
+        df = (
+            subprocess.run(
+                ["df", "-h", "--output=source,fstype,size,used,avail", str(work)],
+                capture_output=True,
+                text=True,
+                timeout=30,
+                check=False,
+            )
+            .stdout.strip()
+            .splitlines()[-1]
+        )
+        df = " ".join(df.split())
+    except (OSError, subprocess.TimeoutExpired, IndexError):
+        pass
+    return {
+        "host": platform.node(),
+        "nproc": os.cpu_count(),
+        "cpu": cpu,
+        "ram": mem,
+        "disk": f"{df} (source fstype size used avail of {work})",
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "loadavg_start": list(os.getloadavg()),
+        "versions": {
+            "eventbak": _version([*eventbak_exe, "--version"]),
+            "tar": _version(["tar", "--version"]),
+            "zstd": _version(["zstd", "--version"]),
+            "xz": _version(["xz", "--version"]),
+            "restic": _version(["restic", "version"]),
+            "borg": _version(["borg", "--version"]),
+        },
+    }
+
+
+# -- report ----------------------------------------------------------------------
+
+
+def _get(rows: list[dict[str, Any]], case: str, tool: str) -> dict[str, Any] | None:
+    for r in rows:
+        if r["case"] == case and r["tool"] == tool and r["median_s"]:
+            return r
+    return None
+
+
+def _target(name: str, passed: bool | None, value: float | None, detail: str) -> dict[str, Any]:
+    status = "n/a" if passed is None else ("PASS" if passed else "MISS")
+    return {"target": name, "status": status, "value": value, "detail": detail}
+
+
+def targets(rows: list[dict[str, Any]], replay_files: int) -> list[dict[str, Any]]:
+    """The issue's targets, as ratios between rows of this run."""
+    out: list[dict[str, Any]] = []
+
+    def ratio(name: str, case: str, peer: str, key: str, want: float) -> None:
+        a, b = _get(rows, case, "eventbak"), _get(rows, case, peer)
+        unit = "MB/s" if key == "mb_per_s" else "files/s"
+        if a is None or b is None or not a[key] or not b[key]:
+            out.append(_target(name, None, None, f"{case} {unit}: not measured"))
+            return
+        v = a[key] / b[key]
+        detail = f"{case} {unit}: eventbak {a[key]:g} vs {peer} {b[key]:g} = {v:.2f}x"
+        out.append(_target(name, v >= want, round(v, 2), f"{detail} (want >= {want}x)"))
+
+    ratio("full >= 0.9x tar|zstd", "full", "tar-zstd", "mb_per_s", 0.9)
+    ratio("full >= 2x restic", "full", "restic", "mb_per_s", 2.0)
+    ratio("full >= 2x borg", "full", "borg", "mb_per_s", 2.0)
+    ratio("small >= 1.5x restic", "small", "restic", "files_per_s", 1.5)
+
+    name = "peak RSS < 200 MiB"
+    peaks = {
+        r["case"]: r["peak_rss_mib"]
+        for r in rows
+        if r["tool"] == "eventbak"
+        and r["case"] in ("full", "small", "second", "restore")
+        and r["peak_rss_mib"]
+    }
+    if peaks:
+        p = max(peaks.values())
+        each = ", ".join(f"{k} {v:g}" for k, v in peaks.items())
+        out.append(_target(name, p < 200, p, f"eventbak max {p:g} MiB ({each})"))
+    else:
+        out.append(_target(name, None, None, "not measured"))
+
+    name = "restore >= restic"
+    a, b = _get(rows, "restore", "eventbak"), _get(rows, "restore", "restic")
+    if a and b:
+        v = b["median_s"] / a["median_s"]
+        detail = f"eventbak {a['median_s']:.2f} s vs restic {b['median_s']:.2f} s = {v:.2f}x"
+        out.append(_target(name, v >= 1, round(v, 2), f"{detail} restic's speed (want >= 1x)"))
+    else:
+        out.append(_target(name, None, None, "not measured"))
+
+    name = "replay 1M files < 3 s"
+    r = _get(rows, "replay-1M", "eventbak")
+    if r is None:
+        out.append(_target(name, None, None, "not measured"))
+    elif replay_files >= 1_000_000:
+        s = r["median_s"]
+        detail = f"{s:.3f} s for {replay_files:,} files (synthetic log; want < 3 s)"
+        out.append(_target(name, s < 3, s, detail))
+    else:
+        detail = (
+            f"{r['median_s']:.3f} s, but only {replay_files:,} files: the 1M target needs "
+            "--scale >= 1 or --replay-files 1000000 (synthetic log)"
+        )
+        out.append(_target(name, None, r["median_s"], detail))
+    return out
+
+
+def _fmt(x: Any, nd: int) -> str:
+    if x is None:
+        return "-"
+    if nd == 0:
+        return f"{x:,.0f}"
+    return f"{x:,.{nd}f}"
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    head = ["case", "tool", "median s", "MB/s", "files/s", "peak RSS MiB", "output MiB", "ok"]
+    body = []
+    for r in rows:
+        ok = "-" if r["ok"] is None else ("yes" if r["ok"] else "NO")
+        s = r["median_s"]
+        body.append(
+            [
+                r["case"] + (" (synthetic)" if r["case"] == "replay-1M" else ""),
+                r["tool"],
+                _fmt(s, 3 if s is not None and s < 100 else 1),
+                _fmt(r["mb_per_s"], 1),
+                _fmt(r["files_per_s"], 0),
+                _fmt(r["peak_rss_mib"], 1),
+                _fmt(r["output_mib"], 1),
+                ok,
+            ]
+        )
+    widths = [
+        max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(head)
+    ]
+    right = {2, 3, 4, 5, 6}
+
+    def line(cells: list[str]) -> str:
+        return (
+            "| "
+            + " | ".join(
+                c.rjust(w) if i in right else c.ljust(w)
+                for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+            )
+            + " |"
+        )
+
+    sep = (
+        "|"
+        + "|".join(
+            "-" * (w + 1) + ":" if i in right else "-" * (w + 2) for i, w in enumerate(widths)
+        )
+        + "|"
+    )
+    return "\n".join([line(head), sep, *(line(b) for b in body)])
+
+
+def report(result: dict[str, Any]) -> str:
+    out = [table(result["results"]), "", "targets (ratios within this run):"]
+    for t in result["targets"]:
+        out.append(f"  {t['status']:<4}  {t['target']}: {t['detail']}")
+    failures = [r for r in result["results"] if r["ok"] is False]
+    if failures:
+        out += ["", "failures:"]
+        out += [f"  {r['case']} / {r['tool']}: {r['error']}" for r in failures]
+    out += ["", "notes:"]
+    out += [f"  - {n}" for n in result["notes"]]
+    return "\n".join(out)
+
+
+# -- main --------------------------------------------------------------------------
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--scale", type=float, default=1.0, help="tree size; 1.0 is ~3 GB")
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--runs", type=int, default=3, help="timed runs per case (median)")
+    ap.add_argument("--workdir", type=Path, default=Path("bench-out"))
+    ap.add_argument("--json", type=Path, help="results file (default WORKDIR/results.json)")
+    ap.add_argument(
+        "--only", help=f"comma-separated subset of: {', '.join(SELECTABLE)} (default all)"
+    )
+    ap.add_argument("--no-install", action="store_true", help="do not apt-get install peers")
+    ap.add_argument(
+        "--replay-files",
+        type=int,
+        help="files in the synthetic replay log (default 1,000,000 at scale >= 1, "
+        "scaled down, at least 10,000)",
+    )
+    a = ap.parse_args(argv)
+    if a.runs < 1:
+        ap.error("--runs must be at least 1")
+    if a.scale <= 0:
+        ap.error("--scale must be positive")
+    only = [x.strip() for x in a.only.split(",") if x.strip()] if a.only else list(SELECTABLE)
+    unknown = [x for x in only if x not in SELECTABLE]
+    if unknown:
+        ap.error(f"--only: unknown {', '.join(unknown)} (choose from {', '.join(SELECTABLE)})")
+    a.only = only
+    if a.replay_files is None:
+        a.replay_files = max(10_000, round(1_000_000 * min(a.scale, 1.0)))
+    return a
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    bench = Bench(args)
+    work = bench.work
+    work.mkdir(parents=True, exist_ok=True)
+    json_path: Path = args.json or work / "results.json"
+    started = dt.datetime.now(dt.UTC)
+    tools = [t for t in TOOLS if t in args.only]
+    skipped, install_notes = ensure_tools(tools, not args.no_install)
+    snap = snapshot_eventbak(work)
+    pythonpath = os.pathsep.join([snap["snapshot"], *filter(None, [os.environ.get("PYTHONPATH")])])
+    bench.env["PYTHONPATH"] = os.environ["PYTHONPATH"] = pythonpath
+    machine = machine_info(work, bench.eventbak_exe)
+    bench.tree = prepare_tree(work, args.scale, args.seed)
+    t = bench.tree
+    print(
+        f"tree: {t.files} files, {t.bytes / MB:.1f} MB; small/: {t.small_files} files; "
+        f"xz subset: {len(t.subset)} files, {t.subset_bytes / MB:.1f} MB",
+        flush=True,
+    )
+    rm(bench.logs)
+
+    def make(name: str) -> Callable[[], None]:
+        out = work / "out" / name
+        env = bench.env
+        if name == "eventbak":
+            return lambda: bench.backup_tool(Eventbak(out, env, bench.eventbak_exe))
+        if name == "tar-zstd":
+            tool = TarPipe(name, out, env, "zstd -q -3 -T0", "zstd -q -dc")
+            return lambda: bench.backup_tool(tool)
+        if name == "tar-xz":
+            lst = work / "xz-subset.txt"
+            lst.write_text("".join(p + "\n" for p in t.subset))
+            return lambda: bench.xz_case(TarPipe(name, out, env, "xz -6", "xz -dc", lst))
+        if name == "restic":
+            return lambda: bench.backup_tool(Restic(out, env))
+        return lambda: bench.backup_tool(Borg(out, env))
+
+    for name in tools:
+        if name in skipped:
+            print(f"== {name}: skipped ({skipped[name]})", flush=True)
+            continue
+        make(name)()
+    if "eventbak" in args.only or "replay-1M" in args.only:
+        bench.replay_1m_case(args.replay_files)
+    rm(work / "out")
+    rm(work / "restore")
+
+    rows = sorted(
+        (r.as_dict() for r in bench.rows),
+        key=lambda r: (CASE_ORDER.index(r["case"]), TOOLS.index(r["tool"])),
+    )
+    machine["loadavg_end"] = list(os.getloadavg())
+    ran = {r["tool"] for r in rows} | {r["case"] for r in rows}
+    notes = list(install_notes)
+    snap["commit_at_end"] = _git("rev-parse", "--short", "HEAD")
+    snap["changed_during_run"] = fingerprint(Path(snap["source"])) != snap["fingerprint"]
+    where = f"commit {snap['commit']}" + (" + uncommitted edits" if snap["modified"] else "")
+    notes.append(
+        f"eventbak measured: a snapshot of {snap['source']} taken at the start ({where}, "
+        f"source fingerprint {snap['fingerprint']})"
+    )
+    if snap["changed_during_run"]:
+        notes.append(
+            f"eventbak's source changed during the run (HEAD now {snap['commit_at_end']}): "
+            "the results are of the snapshot, not of the current checkout"
+        )
+    notes += [f"{name} skipped: {why}" for name, why in skipped.items()]
+    if "eventbak" in ran:
+        if "encrypt" in _backup_help(bench.eventbak_exe):
+            notes.append("eventbak has an encryption option now; this bench does not run it yet")
+        else:
+            notes.append(
+                "eventbak has no encryption yet: it ran unencrypted (default settings); the "
+                "encrypted run is to be added once encryption exists"
+            )
+    if "restic" in ran or "borg" in ran:
+        notes.append(
+            "restic always encrypts (it cannot be turned off); borg ran with "
+            "--encryption=none and eventbak unencrypted"
+        )
+    if "second" in ran:
+        notes.append(
+            "second (an unchanged run right after the first): eventbak has no incremental "
+            "backup yet, its second run is a new full session, reported as measured; tar|zstd "
+            "has none either (a full run again); restic and borg skip unchanged files. "
+            "output MiB of `second` is what that run added"
+        )
+    if "replay-1M" in ran:
+        notes.append(
+            f"replay-1M is SYNTHETIC: a format-exact log of {args.replay_files:,} file members "
+            "written with eventbak's API (eventbak.log.EventLog), not by a real backup"
+        )
+    if "tar-xz" in ran:
+        notes.append(
+            f"text-subset: tar | xz -6 on {len(t.subset)} text files of src/ "
+            f"({t.subset_bytes / MB:.1f} MB) only, as xz does ~2 MB/s"
+        )
+    notes += [
+        "peak RSS: summed over the process tree (a pipeline counts each process), sampled "
+        "every 20 ms, max over runs; MB/s and files/s are of the input (1 MB = 10^6 bytes)",
+        "page cache warmed (every input file read) and `sync` run before each timed run",
+        f"median of {args.runs} run(s); load average at start "
+        f"{machine['loadavg_start'][0]:.2f}, at end {machine['loadavg_end'][0]:.2f} "
+        "(shared machine: expect noise)",
+    ]
+    result = {
+        "version": 1,
+        "command": shlex.join(["bench/run.py", *(sys.argv[1:] if argv is None else argv)]),
+        "started": started.isoformat(timespec="seconds"),
+        "finished": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "params": {
+            "scale": args.scale,
+            "seed": args.seed,
+            "runs": args.runs,
+            "replay_files": args.replay_files,
+            "only": args.only,
+            "workdir": str(work),
+        },
+        "machine": machine,
+        "eventbak": snap,
+        "tree": {
+            "path": str(t.root),
+            "files": t.files,
+            "bytes": t.bytes,
+            "small_files": t.small_files,
+            "small_bytes": t.small_bytes,
+            "subset_files": len(t.subset),
+            "subset_bytes": t.subset_bytes,
+        },
+        "tools": {
+            name: {
+                "selected": name in tools,
+                "available": (name not in skipped) if name in tools else None,
+                "skipped": skipped.get(name, ""),
+            }
+            for name in TOOLS
+        },
+        "skipped": [{"tool": k, "reason": v} for k, v in skipped.items()],
+        "results": rows,
+        "targets": targets(rows, args.replay_files),
+        "notes": notes,
+    }
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps(result, indent=2) + "\n")
+    print()
+    print(report(result))
+    print(f"\nJSON: {json_path}")
+    return 1 if any(r["ok"] is False for r in rows) else 0
+
+
+def _backup_help(exe: list[str]) -> str:
+    try:
+        p = subprocess.run([*exe, "backup", "--help"], capture_output=True, timeout=60, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return p.stdout.decode(errors="replace").lower()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

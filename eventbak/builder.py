@@ -27,6 +27,7 @@ from pathlib import Path
 from eventbak import archive as ar
 from eventbak import events as ev
 from eventbak.config import Compression
+from eventbak.fsutil import fsync_dir
 from eventbak.scanner import Entry
 
 CHUNK = 1024 * 1024
@@ -119,7 +120,7 @@ class Packer:
             size, raw, sha = cur.writer.seal()
             final = self.staging / f"{cur.archive}{self.compression.suffix}"
             os.replace(cur.writer.path, final)
-            _fsync_dir(self.staging)
+            fsync_dir(self.staging)
         except BaseException:
             self.abort()  # the partial file goes; the log still says building
             raise
@@ -446,11 +447,3 @@ def _check_unchanged(fd: int, st: os.stat_result, changed: list[str]) -> None:
         changed.append(f"size {st.st_size} -> {after.st_size}")
     elif after.st_mtime_ns != st.st_mtime_ns and not changed:
         changed.append("modified while read")
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

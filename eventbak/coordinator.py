@@ -29,7 +29,6 @@ Resume (`recover`): see docs/architecture.md, "Resume semantics".
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import os
 import re
 import secrets
@@ -48,6 +47,7 @@ from eventbak import events as ev
 from eventbak.builder import Output, Packer, Sealed, Stopped
 from eventbak.config import Compression, parse_compression
 from eventbak.errors import EventbakError
+from eventbak.fsutil import sha256_file
 from eventbak.scanner import Entry, Exclude, merge_runs, resume_filter, walk
 from eventbak.scanner import key as walk_key
 from eventbak.state import ArchiveState, SessionState
@@ -124,22 +124,18 @@ def _first_error(exc: BaseException) -> BaseException:
     return exc
 
 
+def _staged_sha256(path: Path) -> str | None:
+    try:
+        return sha256_file(path)
+    except FileNotFoundError:
+        return None
+
+
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.strerror:
         where = f" ({exc.filename!s})" if exc.filename else ""
         return f"{exc.strerror}{where}"
     return str(exc) or type(exc).__name__
-
-
-def _sha256(path: Path) -> str | None:
-    h = hashlib.sha256()
-    try:
-        with open(path, "rb", buffering=0) as f:
-            while chunk := f.read(4 * 1024 * 1024):
-                h.update(chunk)
-    except FileNotFoundError:
-        return None
-    return h.hexdigest()
 
 
 class Session:
@@ -240,7 +236,7 @@ class Session:
                     )
                     sd.commit()
                     staged.unlink(missing_ok=True)
-                elif _sha256(staged) == a.sha256:
+                elif _staged_sha256(staged) == a.sha256:
                     self._to_upload.append((a.id, a.sha256, staged))
                 else:
                     why = "missing" if not staged.exists() else "damaged"

@@ -34,6 +34,7 @@ import msgspec
 
 from eventbak import events as ev
 from eventbak.errors import LogCorrupt, UsageError
+from eventbak.fsutil import fsync_dir
 
 MAGIC = b"EVBKLOG"
 FORMAT_VERSION = 1
@@ -218,14 +219,6 @@ def head_of(sealed: ev.ArchiveSealed) -> ev.ArchiveSealedHead:
     return ev.ArchiveSealedHead(**{f: getattr(s, f) for f in fields})
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class EventLog:
     """The writable log of a state directory. Only one process may hold it
     (see `statedir.lock`); this class assumes the caller holds the lock."""
@@ -258,7 +251,7 @@ class EventLog:
                 os.fsync(fd)
                 size = len(HEADER)
             if created:
-                _fsync_dir(path.parent)
+                fsync_dir(path.parent)
             os.lseek(fd, size, os.SEEK_SET)
         except BaseException:
             os.close(fd)

@@ -9,34 +9,14 @@ way the stored file is read back and hashed before the upload is confirmed.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 from pathlib import Path
 from typing import BinaryIO
 
 from eventbak.errors import VaultError
+from eventbak.fsutil import fsync_dir, sha256_file
 from eventbak.vaults.base import Stored
-
-_HASH_CHUNK = 4 * 1024 * 1024
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb", buffering=0) as f:
-        buf = bytearray(_HASH_CHUNK)
-        view = memoryview(buf)
-        while n := f.readinto(buf):
-            h.update(view[:n])
-    return h.hexdigest()
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class LocalVault:
@@ -77,7 +57,7 @@ class LocalVault:
                 return Stored(key, dest.stat().st_size, sha256)
             if not dest.parent.is_dir():
                 dest.parent.mkdir(parents=True, exist_ok=True)
-                _fsync_dir(dest.parent.parent)  # the new directory entry is durable too
+                fsync_dir(dest.parent.parent)  # the new directory entry is durable too
             tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
             tmp.unlink(missing_ok=True)
             try:
@@ -90,7 +70,7 @@ class LocalVault:
                 finally:
                     os.close(fd)
             os.replace(tmp, dest)
-            _fsync_dir(dest.parent)
+            fsync_dir(dest.parent)
             confirmed = sha256_file(dest)
             size = dest.stat().st_size
         except OSError as exc:

@@ -207,10 +207,10 @@ class Packer:
     def _fit(self, need: int) -> _Open:
         """The open archive, sealed and replaced first if `need` tar bytes do not fit."""
         cur = self._current()
-        if ar.ArchiveWriter.worst_case(need) <= cur.writer.room():
+        if cur.writer.fits(need):
             return cur
         cur.writer.tighten()
-        if ar.ArchiveWriter.worst_case(need) <= cur.writer.room() or not cur.members:
+        if cur.writer.fits(need) or not cur.members:
             return cur
         self._seal()
         return self._current()

@@ -83,8 +83,11 @@ class Cli:
         self.cwd = cwd
 
     def __call__(
-        self, *args: str | os.PathLike[str], env: Mapping[str, str | None] | None = None,
-        prefix: list[str] | None = None, timeout: float = TIMEOUT,
+        self,
+        *args: str | os.PathLike[str],
+        env: Mapping[str, str | None] | None = None,
+        prefix: list[str] | None = None,
+        timeout: float = TIMEOUT,
     ) -> Run:
         argv = [os.fspath(a) for a in args]
         merged = {**self.env, **(env or {})}
@@ -95,9 +98,15 @@ class Cli:
         else:
             cmd = [sys.executable, "-m", "eventbak"]
         proc = subprocess.run(
-            [*(prefix or []), *cmd, *argv], env=child_env(merged), cwd=self.cwd,
-            capture_output=True, text=True, errors="replace", timeout=timeout,
-            stdin=subprocess.DEVNULL, check=False,
+            [*(prefix or []), *cmd, *argv],
+            env=child_env(merged),
+            cwd=self.cwd,
+            capture_output=True,
+            text=True,
+            errors="replace",
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+            check=False,
         )
         return Run(argv, proc.returncode, proc.stdout, proc.stderr)
 
@@ -218,9 +227,7 @@ def snapshot(root: Path) -> dict[bytes, tuple[Any, ...]]:
 
 def files_below(root: Path) -> set[str]:
     """Relative paths of the non-directories below `root` (as text)."""
-    return {
-        os.fsdecode(k) for k, v in snapshot(root).items() if v[0] != "dir"
-    }
+    return {os.fsdecode(k) for k, v in snapshot(root).items() if v[0] != "dir"}
 
 
 def restored(to: Path, original: Path) -> Path:
@@ -246,7 +253,9 @@ def hold_lock(state_dir: Path) -> Iterator[subprocess.Popen[str]]:
     )
     proc = subprocess.Popen(
         [sys.executable, "-c", code, str(state_dir)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     assert proc.stdin is not None and proc.stdout is not None
     try:

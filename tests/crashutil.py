@@ -119,9 +119,7 @@ def check_complete_backup(tmp: Path, state: Path, vault: Path, src: Path, kills:
     st, image = read_state(state)
     assert image.torn is None
     uploaded = {a.key: a for a in st.archives.values() if a.state == "uploaded"}
-    in_vault = {
-        str(p.relative_to(vault)) for p in (vault / "archives").rglob("*") if p.is_file()
-    }
+    in_vault = {str(p.relative_to(vault)) for p in (vault / "archives").rglob("*") if p.is_file()}
     assert in_vault == set(uploaded), "vault holds files the log does not account for"
     sizes = {a.id: a.size for a in st.archives.values()}
     attempts = [r.event for r in image.records if isinstance(r.event, ev.UploadStarted)]

@@ -110,11 +110,31 @@ def backed(tmp_path_factory: pytest.TempPathFactory) -> Backed:
     snap1 = snapshot(src)
     (src / "a.txt").write_text("alpha, second version\n")
     second = assert_ok(
-        run("backup", src, "--vault", vault_url(vault), "--json", "--archive-size", "64KiB",
-            "--compression", "zstd:5")
+        run(
+            "backup",
+            src,
+            "--vault",
+            vault_url(vault),
+            "--json",
+            "--archive-size",
+            "64KiB",
+            "--compression",
+            "zstd:5",
+        )
     ).json()
-    return Backed(root, started, src, root / "state", vault, vault_url(vault), env, first, second,
-                  snap1, snapshot(src))
+    return Backed(
+        root,
+        started,
+        src,
+        root / "state",
+        vault,
+        vault_url(vault),
+        env,
+        first,
+        second,
+        snap1,
+        snapshot(src),
+    )
 
 
 # -- basics: version, help, the option names of the contract ----------------------
@@ -126,8 +146,18 @@ def test_version(cli: Cli) -> None:
 
 
 CONTRACT = {
-    None: ["--config", "--state-dir", "-v, --verbose", "--version", "--help",
-           "backup", "restore", "inspect", "replay", "status"],
+    None: [
+        "--config",
+        "--state-dir",
+        "-v, --verbose",
+        "--version",
+        "--help",
+        "backup",
+        "restore",
+        "inspect",
+        "replay",
+        "status",
+    ],
     "backup": ["--vault", "--archive-size", "--compression", "--json"],
     "restore": ["--to", "--session", "--overwrite"],
     "inspect": ["--vault", "--json"],
@@ -180,9 +210,7 @@ def test_backup_json_summary(cli: Cli, tmp_path: Path, src: Path) -> None:
     assert run.err == ""  # no progress noise when stderr is not a terminal
 
 
-def test_backup_text_output_names_state_dir_and_vault(
-    cli: Cli, tmp_path: Path, src: Path
-) -> None:
+def test_backup_text_output_names_state_dir_and_vault(cli: Cli, tmp_path: Path, src: Path) -> None:
     url = vault_url(tmp_path / "vault")
     run = assert_ok(cli("backup", src, "--vault", url))
     lines = run.out.splitlines()
@@ -192,13 +220,20 @@ def test_backup_text_output_names_state_dir_and_vault(
     assert run.err == ""
 
 
-def test_backup_many_small_archives_and_no_compression(
-    cli: Cli, tmp_path: Path, src: Path
-) -> None:
+def test_backup_many_small_archives_and_no_compression(cli: Cli, tmp_path: Path, src: Path) -> None:
     url = vault_url(tmp_path / "vault")
     s = assert_ok(
-        cli("backup", src, "--vault", url, "--archive-size", "64KiB", "--compression", "none",
-            "--json")
+        cli(
+            "backup",
+            src,
+            "--vault",
+            url,
+            "--archive-size",
+            "64KiB",
+            "--compression",
+            "none",
+            "--json",
+        )
     ).json()
     # c.bin (200 000 bytes) cannot fit in fewer than four 64KiB archives
     assert s["archives"] >= 4
@@ -254,7 +289,8 @@ def test_backup_two_datasets_from_config(mode: str, tmp_path: Path) -> None:
     out = assert_ok(cli(*pre, "backup", "--json")).json()
     assert isinstance(out, list) and len(out) == 2
     assert [(s["dataset"], s["vault"], s["state"], s["files"]) for s in out] == [
-        ("one", v1, "completed", 1), ("two", v2, "completed", 1)
+        ("one", v1, "completed", 1),
+        ("two", v2, "completed", 1),
     ]
     assert out[0]["session"] != out[1]["session"]
     assert (state / "events.log").exists()  # state_dir from the config
@@ -300,9 +336,7 @@ def test_restore_a_path_selects_only_that_subtree(
     cli = backed.cli(mode, tmp_path)
     to = tmp_path / "out"
     assert_ok(cli("restore", backed.src / "d", "--to", to))
-    assert files_below(restored(to, backed.src)) == {
-        "d/dup.txt", "d/e/deep.md", "d/e/notes.txt"
-    }
+    assert files_below(restored(to, backed.src)) == {"d/dup.txt", "d/e/deep.md", "d/e/notes.txt"}
 
 
 def test_restore_globs_select_only_matches(mode: str, backed: Backed, tmp_path: Path) -> None:
@@ -357,8 +391,11 @@ def test_restore_refuses_to_overwrite_then_overwrites(
     assert not (base / "b.txt").exists()  # and nothing written either
     assert_ok(cli("restore", *sel, "--to", to, "--overwrite"))
     assert (base / "a.txt").read_text() == "alpha, second version\n"
-    want = {k: v for k, v in backed.snap2.items() if k in (b"a.txt", b"b.txt")
-            or k == b"d" or k.startswith(b"d/")}
+    want = {
+        k: v
+        for k, v in backed.snap2.items()
+        if k in (b"a.txt", b"b.txt") or k == b"d" or k.startswith(b"d/")
+    }
     got = snapshot(base)
     assert {k: got[k] for k in want} == want
 
@@ -371,9 +408,7 @@ def test_restore_twice_with_overwrite(backed: Backed, tmp_path: Path) -> None:
     assert snapshot(restored(to, backed.src)) == backed.snap2
 
 
-def test_restore_overwrite_replaces_symlink_not_its_target(
-    backed: Backed, tmp_path: Path
-) -> None:
+def test_restore_overwrite_replaces_symlink_not_its_target(backed: Backed, tmp_path: Path) -> None:
     cli = backed.cli("runner", tmp_path)
     to = tmp_path / "out"
     victim = tmp_path / "victim"
@@ -449,8 +484,9 @@ def test_inspect_json(mode: str, backed: Backed, tmp_path: Path) -> None:
         assert sha256(stored) == r["sha256"]  # the log's checksum is the vault's
     (one,) = [r for r in rows if r["session"] == backed.first["session"]]
     assert one["members"] == len(backed.snap1)  # every entry, the root dir included
-    assert sum(r["size"] for r in rows if r["session"] == backed.second["session"]) == (
-        backed.second["bytes_uploaded"]
+    assert (
+        sum(r["size"] for r in rows if r["session"] == backed.second["session"])
+        == (backed.second["bytes_uploaded"])
     )
 
 
@@ -473,7 +509,10 @@ def test_status(mode: str, backed: Backed, tmp_path: Path) -> None:
     second = backed.second
     assert s["session"] == second["session"] and s["state"] == "completed"
     assert (s["files"], s["bytes"], s["archives_uploaded"], s["vault"]) == (
-        second["files"], second["bytes"], second["archives"], backed.url
+        second["files"],
+        second["bytes"],
+        second["archives"],
+        backed.url,
     )
     assert s["skipped"] == 0 and s["error"] == ""
     text = assert_ok(cli("-v", "status")).out
@@ -495,7 +534,8 @@ def test_replay_json_lines(mode: str, backed: Backed, tmp_path: Path) -> None:
     *events, last = lines
     assert "state" in last and last["state"]["events"] == len(events)
     assert last["state"]["sessions"] == {
-        backed.first["session"]: "completed", backed.second["session"]: "completed"
+        backed.first["session"]: "completed",
+        backed.second["session"]: "completed",
     }
     assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
     offsets = [e["offset"] for e in events]
@@ -511,7 +551,9 @@ def test_replay_verify_and_until(mode: str, backed: Backed, tmp_path: Path) -> N
     assert run.out.splitlines()[-1] == f"verify: ok ({total} events)"
     run = assert_ok(cli("replay", "--until", "3"))
     assert [m.group(1) for ln in run.out.splitlines() if (m := EVENT_LINE.match(ln))] == [
-        "1", "2", "3"
+        "1",
+        "2",
+        "3",
     ]
     lines = assert_ok(cli("replay", "--until", "3", "--json")).json_lines()
     assert [e.get("seq") for e in lines[:-1]] == [1, 2, 3] and lines[-1]["state"]["events"] == 3
@@ -530,8 +572,11 @@ def copy_state(backed: Backed, tmp_path: Path) -> tuple[Cli, Path, list[int]]:
     state = tmp_path / "state"
     shutil.copytree(backed.state, state)
     env = {**backed.env, "EVENTBAK_STATE_DIR": str(state)}
-    offsets = [e["offset"] for e in Cli("runner", env, tmp_path)("replay", "--json").json_lines()
-               if "offset" in e]
+    offsets = [
+        e["offset"]
+        for e in Cli("runner", env, tmp_path)("replay", "--json").json_lines()
+        if "offset" in e
+    ]
     return Cli("runner", env, tmp_path), state / "events.log", offsets
 
 
@@ -588,8 +633,11 @@ BAD_BACKUP_OPTIONS = [
 ]
 
 
-@pytest.mark.parametrize(("extra", "needles"), BAD_BACKUP_OPTIONS,
-                         ids=lambda v: "=".join(v) if isinstance(v[0], str) else "")
+@pytest.mark.parametrize(
+    ("extra", "needles"),
+    BAD_BACKUP_OPTIONS,
+    ids=lambda v: "=".join(v) if isinstance(v[0], str) else "",
+)
 def test_backup_bad_option(
     cli: Cli, tmp_path: Path, src: Path, extra: list[str], needles: list[str]
 ) -> None:
@@ -645,14 +693,24 @@ def test_backup_unwritable_vault(cli: Cli, tmp_path: Path, src: Path, where: str
         ("[vaults\n", ["invalid TOML", "line 1"]),
         ('[[datasets]]\nname = "x"\npaths = ["/"]\ncolour = "red"\n', ["datasets[0].colour"]),
         ("bogus = 1\n", ["bogus"]),
-        ('[vaults.v]\nurl = "file:///tmp/v"\narchive_size = "huge"\n',
-         ["vaults.v.archive_size", "huge"]),
-        ('[[datasets]]\nname = "x"\npaths = ["/"]\nvault = "nowhere"\n',
-         ["datasets[0].vault", "nowhere"]),
+        (
+            '[vaults.v]\nurl = "file:///tmp/v"\narchive_size = "huge"\n',
+            ["vaults.v.archive_size", "huge"],
+        ),
+        (
+            '[[datasets]]\nname = "x"\npaths = ["/"]\nvault = "nowhere"\n',
+            ["datasets[0].vault", "nowhere"],
+        ),
         (b"\xff\xfe not text", ["UTF-8"]),
     ],
-    ids=["invalid-toml", "unknown-nested-key", "unknown-top-key", "bad-size", "no-such-vault",
-         "not-utf8"],
+    ids=[
+        "invalid-toml",
+        "unknown-nested-key",
+        "unknown-top-key",
+        "bad-size",
+        "no-such-vault",
+        "not-utf8",
+    ],
 )
 def test_bad_config(cli: Cli, tmp_path: Path, text: str | bytes, needles: list[str]) -> None:
     config = tmp_path / "bad.toml"
@@ -683,9 +741,11 @@ def test_missing_config_and_missing_dataset_path(cli: Cli, tmp_path: Path) -> No
 
 
 def test_click_usage_errors_are_not_tracebacks(cli: Cli) -> None:
-    for args, culprit in ((["replay", "--until", "-1"], "--until"),
-                          (["backup", "--frobnicate"], "--frobnicate"),
-                          (["restor"], "restor")):
+    for args, culprit in (
+        (["replay", "--until", "-1"], "--until"),
+        (["backup", "--frobnicate"], "--frobnicate"),
+        (["restor"], "restor"),
+    ):
         run = cli(*args)
         assert run.code == 2 and "Traceback" not in run.out + run.err, run
         assert culprit in run.err.splitlines()[-1]

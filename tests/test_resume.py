@@ -195,9 +195,7 @@ def test_torn_final_record_after_a_crash_is_cut_and_session_resumes(
     assert "torn record" in done.stderr
     image = read_log(log)
     assert image.torn is None
-    assert [r.event for r in image.records[: len(good.records)]] == [
-        r.event for r in good.records
-    ]
+    assert [r.event for r in image.records[: len(good.records)]] == [r.event for r in good.records]
     assert any(isinstance(r.event, ev.LogTailTruncated) for r in image.records)
     cu.check_complete_backup(tmp_path, state, vault, source, kills=1)
 
@@ -213,10 +211,7 @@ def test_source_changes_between_interruption_and_resume(tmp_path: Path) -> None:
     st, _ = read_state(state)
     (session,) = st.sessions.values()
     stored = [
-        m.path
-        for a in st.archives.values()
-        if a.state == "uploaded"
-        for m in members(state, a)
+        m.path for a in st.archives.values() if a.state == "uploaded" for m in members(state, a)
     ]
     stored_files = [
         p for p in dict.fromkeys(stored) if p.endswith((b".txt", b".bin")) and b"/dir" in p

@@ -3,8 +3,14 @@
 Layout: `archives/<session>/<archive id>.tar.zst` (see docs/formats.md).
 Writes are atomic: a temporary name in the same directory, fsync, rename,
 fsync of the directory. When staging and vault share a filesystem the
-staged file is hard-linked instead of copied (same bytes, no copy). Either
-way the stored file is read back and hashed before the upload is confirmed.
+staged file is hard-linked instead of copied (same bytes, no copy).
+
+Confirmation: a copy is read back and hashed before the upload is confirmed.
+A hard link is confirmed by identity instead: the stored name must be the
+very inode that was staged (device, inode number) with its size unchanged.
+That inode's bytes were hashed as they were written and fsynced at the seal
+(and re-hashed after a crash before any upload); reading it back would only
+hash the same page-cache pages again, at 1.2 s of CPU per 2 GB.
 """
 
 from __future__ import annotations
@@ -60,6 +66,7 @@ class LocalVault:
                 fsync_dir(dest.parent.parent)  # the new directory entry is durable too
             tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
             tmp.unlink(missing_ok=True)
+            staged = source.stat()
             try:
                 os.link(source, tmp)
             except OSError:
@@ -71,8 +78,12 @@ class LocalVault:
                     os.close(fd)
             os.replace(tmp, dest)
             fsync_dir(dest.parent)
-            confirmed = sha256_file(dest)
-            size = dest.stat().st_size
+            held = dest.stat()
+            size = held.st_size
+            if (held.st_dev, held.st_ino, size) == (staged.st_dev, staged.st_ino, staged.st_size):
+                confirmed = sha256  # the staged inode itself (see the module's docstring)
+            else:
+                confirmed = sha256_file(dest)
         except OSError as exc:
             raise VaultError(
                 f"vault {self.root}: cannot store {key}: {exc.strerror or exc}"

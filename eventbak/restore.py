@@ -419,7 +419,7 @@ def _extract_archive(
     ex: _Extractor,
     writers: _Writers,
 ) -> None:
-    verify_archive(vault, a)
+    """Extract the wanted members of `a`, which the caller has verified."""
     with vault.open(a.key) as raw:
         stream = raw
         if a.compression != "none":
@@ -494,13 +494,28 @@ def restore(
                 f"{ev.show_path(existing[0])}); use --overwrite to replace them"
             )
     vaults: dict[str, Vault] = {}
+
+    def vault_of(a: ArchiveState) -> Vault:
+        return vaults.get(a.vault) or vaults.setdefault(a.vault, open_vault(a.vault))
+
     writers = _Writers()
+    # Each archive is verified before anything is taken from it; the next
+    # one is verified meanwhile, in a thread (hashing releases the GIL).
+    checker = ThreadPoolExecutor(1, thread_name_prefix="verify")
     try:
         for item in sorted(plan.dirs, key=lambda i: i.dest.count(b"/")):
             ex.make_dir(item)
-        for a, wanted in plan.by_archive:
-            vault = vaults.get(a.vault) or vaults.setdefault(a.vault, open_vault(a.vault))
-            _extract_archive(vault, a, wanted, ex, writers)
+        archives = [a for a, _ in plan.by_archive]
+        ahead = (
+            checker.submit(verify_archive, vault_of(archives[0]), archives[0]) if archives else None
+        )
+        for i, (a, wanted) in enumerate(plan.by_archive):
+            assert ahead is not None
+            verified, ahead = ahead, None
+            if i + 1 < len(archives):
+                ahead = checker.submit(verify_archive, vault_of(archives[i + 1]), archives[i + 1])
+            verified.result()
+            _extract_archive(vault_of(a), a, wanted, ex, writers)
         ex.finish_segments()
         for item in plan.links:
             ex.hardlink(item)
@@ -509,6 +524,7 @@ def restore(
         where = os.fsdecode(exc.filename) if exc.filename is not None else "?"
         raise EventbakError(f"restore failed: {exc.strerror}: {where}") from None
     finally:
+        checker.shutdown(wait=True, cancel_futures=True)
         writers.close()
     return RestoreReport(
         ", ".join(s.id for s in plan.sessions),

@@ -6,6 +6,7 @@ import os
 import shutil
 import stat
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -307,3 +308,46 @@ def test_file_that_grows_while_read_is_cut_at_its_size(
     (member,) = [m for m in sealed.event.members if m.kind == "file"]
     assert member.length == 100 and member.changed
     assert sha256_of(os.fsencode(f)) != ""
+
+
+@pytest.mark.parametrize("damaged_index", [0, 3])
+def test_damaged_archive_stops_restore_before_any_of_its_members(
+    tmp_path: Path, damaged_index: int
+) -> None:
+    """Each archive's sha256 is checked before anything is taken from it (the
+    next one is checked ahead, in a thread): a flipped byte in the vault stops
+    the restore with a one-line error naming the archive, and none of its
+    members is written; the archives before it were restored intact."""
+    src = tmp_path / "src"
+    _tree(src, 40, 30 * KiB)
+    (src / "movie.mp4").write_bytes(os.urandom(200 * KiB))
+    backup(tmp_path / "state", tmp_path / "vault", [src], 96 * KiB)
+    state, _ = read_state(tmp_path / "state")
+    archives = sorted(state.archives.values(), key=lambda a: a.id)
+    assert len(archives) > damaged_index + 2
+    bad = archives[damaged_index]
+    stored = tmp_path / "vault" / bad.key
+    raw = bytearray(stored.read_bytes())
+    raw[len(raw) // 2] ^= 0x01
+    stored.write_bytes(bytes(raw))
+    to = tmp_path / "back"
+    cmd = [sys.executable, "-m", "eventbak", "--state-dir", tmp_path / "state"]
+    run = subprocess.run(
+        [*cmd, "restore", "--to", to],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode != 0
+    assert "Traceback" not in run.stderr
+    assert bad.id in run.stderr and "damaged" in run.stderr
+    assert len(run.stderr.strip().splitlines()) == 1, run.stderr
+    for a in archives:
+        for m in members(tmp_path / "state", a):
+            if m.kind != "file" or m.segmented:
+                continue
+            dest = os.fsencode(to) + m.path
+            if a.id < bad.id:
+                assert sha256_of(dest) == sha256_of(m.path)
+            elif a.id == bad.id:
+                assert not os.path.lexists(dest)

@@ -25,6 +25,7 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import IO
 
@@ -283,7 +284,9 @@ class _Extractor:
             return os.open(dest, flags | os.O_TRUNC, 0o600)
         return os.open(dest, flags | os.O_EXCL, 0o600)
 
-    def write_file(self, item: Item, data: IO[bytes] | None) -> None:
+    def write_file(self, item: Item, data: IO[bytes] | None, writers: _Writers) -> None:
+        """A file read from the archive in chunks here; the writes, then the
+        metadata and the close, run in order in its directory's writer thread."""
         m = item.member
         dest = self.dest(item.dest)
         self.parent_ok(dest)
@@ -296,19 +299,26 @@ class _Extractor:
         else:
             fd = self._open_new(dest)
             pos = 0
+        key = _parent(item.dest)
         try:
             left = m.length
             while left > 0 and data is not None:
                 chunk = data.read(min(_CHUNK, left))
                 if not chunk:
                     raise EventbakError(f"archive ends inside {ev.show_path(m.path)}")
-                os.pwrite(fd, chunk, pos)
+                writers.submit(key, partial(_pwrite_all, fd, chunk, pos), len(chunk))
                 pos += len(chunk)
                 left -= len(chunk)
-            self.bytes += m.length
+        finally:  # queued after the writes: the fd stays open until they ran
+            writers.submit(key, partial(self._close_file, fd, dest, m), 0)
+        self.bytes += m.length
+        if not m.segmented:
+            self.files += 1
+
+    def _close_file(self, fd: int, dest: bytes, m: ev.Member) -> None:
+        try:
             if not m.segmented:
                 self._finish_file(fd, dest, m)
-                self.files += 1
         finally:
             os.close(fd)
 
@@ -385,31 +395,58 @@ def verify_archive(vault: Vault, a: ArchiveState) -> None:
         )
 
 
+def _parent(rel: bytes) -> bytes:
+    return rel[: rel.rfind(b"/") + 1]
+
+
+def _pwrite_all(fd: int, data: bytes, pos: int) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.pwrite(fd, view, pos)
+        view = view[n:]
+        pos += n
+
+
 class _Writers:
-    """Small whole files are written by a few threads: creating a file costs
+    """Files are created and written by a few threads: creating a file costs
     the kernel far more than it costs Python, and the threads overlap that
-    (the GIL is released in open, write and close). At most `limit` files
-    (of at most `_SMALL` bytes each) wait in memory."""
+    and the reading of the archive (the GIL is released in open, write and
+    close). Everything for one directory goes to the same thread, in order
+    (`key`): creating files in one directory takes its lock, and threads
+    waiting for it spin on the CPU. At most `limit` tasks and `max_bytes`
+    of data wait in memory."""
 
-    def __init__(self, workers: int = 4, limit: int = 256) -> None:
-        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="restore")
-        self._pending: deque[Future[None]] = deque()
+    def __init__(self, workers: int = 4, limit: int = 256, max_bytes: int = 16 * _CHUNK) -> None:
+        self._pools = [
+            ThreadPoolExecutor(1, thread_name_prefix=f"restore-{i}") for i in range(workers)
+        ]
+        self._pending: deque[tuple[Future[object], int]] = deque()
+        self._bytes = 0
         self._limit = limit
+        self._max_bytes = max_bytes
 
-    def submit(self, fn: Callable[[Item, bytes], None], item: Item, data: bytes) -> None:
-        self._pending.append(self._pool.submit(fn, item, data))
-        while len(self._pending) > self._limit:
-            self._pending.popleft().result()
+    def submit(self, key: bytes, fn: Callable[[], object], nbytes: int) -> None:
+        pool = self._pools[hash(key) % len(self._pools)]
+        self._pending.append((pool.submit(fn), nbytes))
+        self._bytes += nbytes
+        while len(self._pending) > self._limit or self._bytes > self._max_bytes:
+            self._wait_oldest()
+
+    def _wait_oldest(self) -> None:
+        future, nbytes = self._pending.popleft()
+        self._bytes -= nbytes
+        future.result()
 
     def drain(self) -> None:
         while self._pending:
-            self._pending.popleft().result()
+            self._wait_oldest()
 
     def close(self) -> None:
         try:
             self.drain()
         finally:
-            self._pool.shutdown(wait=True, cancel_futures=True)
+            for pool in self._pools:
+                pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _extract_archive(
@@ -437,12 +474,13 @@ def _extract_archive(
                             f = tf.extractfile(ti)
                             data = f.read() if f is not None else b""
                             ex.parent_ok(ex.dest(item.dest))  # mkdirs stay in this thread
-                            writers.submit(ex.write_small, item, data)
+                            writers.submit(
+                                _parent(item.dest), partial(ex.write_small, item, data), len(data)
+                            )
                             ex.files += 1
                             ex.bytes += m.length
                         elif m.kind == "file":
-                            writers.drain()  # a big file: the writers' files first
-                            ex.write_file(item, tf.extractfile(ti))
+                            ex.write_file(item, tf.extractfile(ti), writers)
                         elif m.kind == "symlink":
                             ex.symlink(item)
                         left -= 1

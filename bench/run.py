@@ -46,7 +46,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -662,66 +662,121 @@ class Bench:
 
     # -- cases -----------------------------------------------------------------
 
-    def backup_tool(self, tool: Tool) -> None:
+    def backup_tools(self, tools: list[Tool]) -> None:
+        """full, second, restore and small for every tool, in rounds: run i of
+        a case is taken for each tool back to back, so that the slow drift of
+        a shared machine (its load, the state of its page cache and file
+        system) falls on every tool alike instead of on whichever ran last."""
         t = self.tree
-        full = self.row("full", tool.name, t.files, t.bytes)
-        second = self.row("second", tool.name, t.files, t.bytes, _SECOND_NOTES.get(tool.name, ""))
-        restore = self.row("restore", tool.name, t.files, t.bytes)
-        rows = [full, second, restore]
-        try:
-            for i in range(self.runs):
-                tool.reset()
-                s = self.timed(tool.backup(t.root, "a1"), f"{tool.name}-full-{i}", [t.root], True)
-                tool.backed_up("a1", s.stdout)
-                full.samples.append(s)
-                size1 = du(tool.outputs())
-                full.output_bytes = size1
-                s = self.timed(tool.backup(t.root, "a2"), f"{tool.name}-second-{i}", [t.root], True)
-                tool.backed_up("a2", s.stdout)
-                second.samples.append(s)
-                second.output_bytes = du(tool.outputs()) - size1
-            why = self.verify(tool, "a1", t.root, "tree")
+        rows: dict[str, list[Row]] = {}
+        for tool in tools:
+            note = _SECOND_NOTES.get(tool.name, "")
+            rows[tool.name] = [
+                self.row("full", tool.name, t.files, t.bytes),
+                self.row("second", tool.name, t.files, t.bytes, note),
+                self.row("restore", tool.name, t.files, t.bytes),
+            ]
+        failed: set[str] = set()
+
+        def live() -> list[Tool]:
+            return [tool for tool in tools if tool.name not in failed]
+
+        def fail(tool: Tool, exc: CmdFailed) -> None:
+            failed.add(tool.name)
+            for r in rows[tool.name]:
+                if r.ok is None:
+                    r.ok, r.error = False, str(exc)
+            print(f"   {tool.name} FAILED: {exc}", flush=True)
+
+        for i in range(self.runs):
+            for tool in live():
+                full, second, _ = rows[tool.name]
+                try:
+                    tool.reset()
+                    s = self.timed(
+                        tool.backup(t.root, "a1"), f"{tool.name}-full-{i}", [t.root], True
+                    )
+                    tool.backed_up("a1", s.stdout)
+                    full.samples.append(s)
+                    size1 = du(tool.outputs())
+                    full.output_bytes = size1
+                    s = self.timed(
+                        tool.backup(t.root, "a2"), f"{tool.name}-second-{i}", [t.root], True
+                    )
+                    tool.backed_up("a2", s.stdout)
+                    second.samples.append(s)
+                    second.output_bytes = du(tool.outputs()) - size1
+                except CmdFailed as exc:
+                    fail(tool, exc)
+        for tool in live():
+            full = rows[tool.name][0]
+            try:
+                why = self.verify(tool, "a1", t.root, "tree")
+            except CmdFailed as exc:
+                fail(tool, exc)
+                continue
             full.ok, full.error = not why, why
-            oks = []
-            for i in range(self.runs):
+        oks: dict[str, list[str]] = {tool.name: [] for tool in tools}
+        for i in range(self.runs):
+            for tool in live():
+                restore = rows[tool.name][2]
                 target = self.work / "restore"
                 rm(target)
-                s = self.timed(
-                    tool.restore("a2", target), f"{tool.name}-restore-{i}", tool.outputs()
-                )
+                try:
+                    s = self.timed(
+                        tool.restore("a2", target), f"{tool.name}-restore-{i}", tool.outputs()
+                    )
+                except CmdFailed as exc:
+                    fail(tool, exc)
+                    continue
                 restore.samples.append(s)
-                why = compare(self.expect("tree", t.root), tool.landing(target, t.root), None)
+                oks[tool.name].append(
+                    compare(self.expect("tree", t.root), tool.landing(target, t.root), None)
+                )
                 rm(target)
-                oks.append(why)
-            second.ok, second.error = not oks[0], oks[0]
-            bad = [w for w in oks if w]
+        for tool in live():
+            _, second, restore = rows[tool.name]
+            second.ok, second.error = not oks[tool.name][0], oks[tool.name][0]
+            bad = [w for w in oks[tool.name] if w]
             restore.ok, restore.error = not bad, (bad[0] if bad else "")
             if isinstance(tool, Eventbak):
                 self.replay_case(tool)
-        except CmdFailed as exc:
-            for r in rows:
-                if r.ok is None:
-                    r.ok, r.error = False, str(exc)
-            print(f"   FAILED: {exc}", flush=True)
-        self.small_case(tool)
-        rm(tool.out)
+        for tool in tools:
+            rm(tool.out)
+        self.small_cases(tools)
 
-    def small_case(self, tool: Tool) -> None:
+    def small_cases(self, tools: list[Tool]) -> None:
+        """The small/ directory alone, in rounds like the other cases."""
         t = self.tree
         small = t.root / "small"
-        r = self.row("small", tool.name, t.small_files, t.small_bytes)
-        try:
-            for i in range(self.runs):
-                tool.reset()
-                s = self.timed(tool.backup(small, "a1"), f"{tool.name}-small-{i}", [small], True)
-                tool.backed_up("a1", s.stdout)
-                r.samples.append(s)
-                r.output_bytes = du(tool.outputs())
-            why = self.verify(tool, "a1", small, "small")
-            r.ok, r.error = not why, why
-        except CmdFailed as exc:
-            r.ok, r.error = False, str(exc)
-            print(f"   FAILED: {exc}", flush=True)
+        rows = {
+            tool.name: self.row("small", tool.name, t.small_files, t.small_bytes) for tool in tools
+        }
+        for i in range(self.runs):
+            for tool in tools:
+                r = rows[tool.name]
+                if r.ok is False:
+                    continue
+                try:
+                    tool.reset()
+                    s = self.timed(
+                        tool.backup(small, "a1"), f"{tool.name}-small-{i}", [small], True
+                    )
+                    tool.backed_up("a1", s.stdout)
+                    r.samples.append(s)
+                    r.output_bytes = du(tool.outputs())
+                except CmdFailed as exc:
+                    r.ok, r.error = False, str(exc)
+                    print(f"   {tool.name} FAILED: {exc}", flush=True)
+        for tool in tools:
+            r = rows[tool.name]
+            if r.ok is None:
+                try:
+                    why = self.verify(tool, "a1", small, "small")
+                    r.ok, r.error = not why, why
+                except CmdFailed as exc:
+                    r.ok, r.error = False, str(exc)
+            rm(tool.out)
 
     def replay_case(self, tool: Eventbak) -> None:
         files = sum(tool.files.values())
@@ -1245,27 +1300,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     rm(bench.logs)
 
-    def make(name: str) -> Callable[[], None]:
-        out = work / "out" / name
-        env = bench.env
-        if name == "eventbak":
-            return lambda: bench.backup_tool(Eventbak(out, env, bench.eventbak_exe))
-        if name == "tar-zstd":
-            tool = TarPipe(name, out, env, "zstd -q -3 -T0", "zstd -q -dc")
-            return lambda: bench.backup_tool(tool)
-        if name == "tar-xz":
-            lst = work / "xz-subset.txt"
-            lst.write_text("".join(p + "\n" for p in t.subset))
-            return lambda: bench.xz_case(TarPipe(name, out, env, "xz -6", "xz -dc", lst))
-        if name == "restic":
-            return lambda: bench.backup_tool(Restic(out, env))
-        return lambda: bench.backup_tool(Borg(out, env))
-
+    compared: list[Tool] = []
     for name in tools:
         if name in skipped:
             print(f"== {name}: skipped ({skipped[name]})", flush=True)
             continue
-        make(name)()
+        out = work / "out" / name
+        if name == "eventbak":
+            compared.append(Eventbak(out, bench.env, bench.eventbak_exe))
+        elif name == "tar-zstd":
+            compared.append(TarPipe(name, out, bench.env, "zstd -q -3 -T0", "zstd -q -dc"))
+        elif name == "tar-xz":
+            lst = work / "xz-subset.txt"
+            lst.write_text("".join(p + "\n" for p in t.subset))
+            bench.xz_case(TarPipe(name, out, bench.env, "xz -6", "xz -dc", lst))
+        elif name == "restic":
+            compared.append(Restic(out, bench.env))
+        else:
+            compared.append(Borg(out, bench.env))
+    if compared:
+        bench.backup_tools(compared)
     if "eventbak" in args.only or "replay-1M" in args.only:
         bench.replay_1m_case(args.replay_files)
     rm(work / "out")

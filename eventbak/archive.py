@@ -306,7 +306,7 @@ class _Sink:
         self._batch: list[bytes | memoryview] = []
         self._batched = 0
         self._queue: queue.Queue[list[bytes | memoryview] | None] = queue.Queue(SINK_BACKLOG)
-        self._error: OSError | None = None
+        self._error: Exception | None = None
         self._thread = threading.Thread(target=self._run, name="eventbak-sink", daemon=True)
         self._thread.start()
 
@@ -317,7 +317,7 @@ class _Sink:
                 continue  # drain: the packer learns of the error at its next call
             try:
                 _write_all(self.fd, pieces)
-            except OSError as exc:
+            except Exception as exc:  # handed to the packer; the thread drains on
                 self._error = exc
                 continue
             written += sum(len(p) for p in pieces)
@@ -351,17 +351,19 @@ class _Sink:
 
     def close(self) -> None:
         """Write everything handed over (raising a write error), stop the thread."""
-        self._hand_over()
-        self._queue.put(None)
-        self._thread.join()
+        if self._thread.is_alive():
+            self._hand_over()
+            self._queue.put(None)
+            self._thread.join()
         self._raise()
 
     def discard(self) -> None:
         """Stop the thread; what was not yet written is dropped, errors ignored."""
-        self._batch, self._batched = [], 0
-        self._error = self._error or OSError("archive discarded")
-        self._queue.put(None)
-        self._thread.join()
+        if self._thread.is_alive():
+            self._batch, self._batched = [], 0
+            self._error = self._error or OSError("archive discarded")
+            self._queue.put(None)
+            self._thread.join()
 
 
 #: zstd frame magic, then a frame header descriptor with no content size, no
@@ -583,10 +585,16 @@ class ArchiveWriter:
             self._sink.close()
             os.fsync(self._fd)
         finally:
-            os.close(self._fd)
+            self._close_fd()
         return self._sink.size, self.raw_size, self._sink.sha.hexdigest()
 
+    def _close_fd(self) -> None:
+        fd, self._fd = self._fd, -1
+        if fd >= 0:
+            os.close(fd)
+
     def abort(self) -> None:
+        """Drop the archive (also after a failed seal): thread ended, file deleted."""
         self._sink.discard()
-        os.close(self._fd)
+        self._close_fd()
         self.path.unlink(missing_ok=True)

@@ -132,7 +132,8 @@ def test_mixed_classes_stay_under_the_limit_and_fill_archives(
 
 
 def test_write_error_in_the_sink_thread_surfaces_and_abort_cleans_up(tmp_path: Path) -> None:
-    # RLIMIT_FSIZE in a child process: the sink's write fails with EFBIG
+    # RLIMIT_FSIZE in a child process: the sink's write fails with EFBIG, seen
+    # at a later write (8 MiB written) or at the seal (600 KiB, one batch)
     script = f"""
 import os, resource, sys, threading
 sys.path.insert(0, {str(Path(__file__).parent.parent)!r})
@@ -140,22 +141,30 @@ from pathlib import Path
 from eventbak import archive as ar
 from eventbak.config import Compression
 resource.setrlimit(resource.RLIMIT_FSIZE, (256 * 1024, 256 * 1024))
-path = Path({str(tmp_path / "a.zst")!r})
-w = ar.ArchiveWriter(path, 64 << 20, Compression("auto"))
-w.select(b"/big.mp4")
-try:
-    for _ in range(8):
-        w.write(os.urandom(1 << 20))
-    w.seal()
-except OSError as exc:
-    print("error", exc.errno)
-    w.abort()
-print("exists", path.exists(), "threads", threading.active_count())
+for n, chunk in ((8, 1 << 20), (1, 600 * 1024)):
+    path = Path({str(tmp_path)!r}) / f"a{{n}}.zst"
+    w = ar.ArchiveWriter(path, 64 << 20, Compression("auto"))
+    w.select(b"/big.mp4")
+    where = "none"
+    try:
+        for _ in range(n):
+            where = "write"
+            w.write(os.urandom(chunk))
+        where = "seal"
+        w.seal()
+    except OSError as exc:
+        print("error", exc.errno, "at", where)
+        w.abort()
+    print("exists", path.exists(), "threads", threading.active_count())
 """
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
-    assert "error 27" in out.stdout  # EFBIG
-    assert "exists False threads 1" in out.stdout
+    assert out.stdout.splitlines() == [
+        "error 27 at write",  # EFBIG
+        "exists False threads 1",
+        "error 27 at seal",
+        "exists False threads 1",
+    ], out.stdout
 
 
 def test_seal_and_abort_end_the_sink_thread(tmp_path: Path) -> None:

@@ -1340,8 +1340,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"source fingerprint {snap['fingerprint']})"
     )
     if snap["changed_during_run"]:
+        now = f"HEAD now {snap['commit_at_end']}"
+        if _git("status", "--porcelain", "--", snap["source"]):
+            now += " + uncommitted edits"
         notes.append(
-            f"eventbak's source changed during the run (HEAD now {snap['commit_at_end']}): "
+            f"eventbak's source changed during the run ({now}): "
             "the results are of the snapshot, not of the current checkout"
         )
     notes += [f"{name} skipped: {why}" for name, why in skipped.items()]

@@ -550,7 +550,7 @@ class ArchiveWriter:
     def write(self, data: bytes | memoryview) -> None:
         n = len(data)
         self.raw_size += n
-        self._spare -= n + (n >> 14) + 64  # worst_case(n)
+        self._spare -= self.worst_case(n)
         if not self._writers:
             self._sink.write(bytes(data) if isinstance(data, memoryview) else data)
         elif n < self.GATHER and isinstance(data, bytes):

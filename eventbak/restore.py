@@ -330,9 +330,7 @@ class _Extractor:
         dest = self.dest(item.dest)
         fd = self._open_new(dest)
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
+            _pwrite_all(fd, data, 0)
             self._finish_file(fd, dest, m)
         finally:
             os.close(fd)
@@ -544,14 +542,16 @@ def restore(
         for item in sorted(plan.dirs, key=lambda i: i.dest.count(b"/")):
             ex.make_dir(item)
         archives = [a for a, _ in plan.by_archive]
-        ahead = (
-            checker.submit(verify_archive, vault_of(archives[0]), archives[0]) if archives else None
-        )
+
+        def check(i: int) -> Future[None] | None:
+            if i >= len(archives):
+                return None
+            return checker.submit(verify_archive, vault_of(archives[i]), archives[i])
+
+        ahead = check(0)
         for i, (a, wanted) in enumerate(plan.by_archive):
-            assert ahead is not None
-            verified, ahead = ahead, None
-            if i + 1 < len(archives):
-                ahead = checker.submit(verify_archive, vault_of(archives[i + 1]), archives[i + 1])
+            verified, ahead = ahead, check(i + 1)
+            assert verified is not None
             verified.result()
             _extract_archive(vault_of(a), a, wanted, ex, writers)
         ex.finish_segments()

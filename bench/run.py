@@ -874,8 +874,8 @@ def write_synthetic_log(path: Path, n: int) -> int:
     """A format-exact event log of one completed session with `n` file members
     (archives of ARCHIVE_MEMBERS), written with eventbak's own API. Returns
     the number of archives."""
-    from eventbak import events as ev
-    from eventbak.log import EventLog
+    from eventbak.core import events as ev
+    from eventbak.core.log import EventLog
 
     at = time.time()
     sid = "20250101T000000Z-syn1"
@@ -1371,7 +1371,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "replay-1M" in ran:
         notes.append(
             f"replay-1M is SYNTHETIC: a format-exact log of {args.replay_files:,} file members "
-            "written with eventbak's API (eventbak.log.EventLog), not by a real backup"
+            "written with eventbak's API (eventbak.core.log.EventLog), not by a real backup"
         )
     if "tar-xz" in ran:
         notes.append(

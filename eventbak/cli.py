@@ -19,7 +19,6 @@ import click
 import trio
 
 from eventbak import __version__
-from eventbak import events as ev
 from eventbak.config import (
     DEFAULT_ARCHIVE_SIZE,
     Compression,
@@ -31,7 +30,11 @@ from eventbak.config import (
     parse_archive_size,
     parse_compression,
 )
-from eventbak.coordinator import (
+from eventbak.core import events as ev
+from eventbak.core.log import TornTail, head_of, iter_log
+from eventbak.core.state import IllegalTransition, State, apply, describe_machines
+from eventbak.errors import EXIT_PARTIAL, EventbakError, LogCorrupt, UsageError
+from eventbak.pipeline.coordinator import (
     DEFAULT_GRACE,
     BackupRequest,
     Outcome,
@@ -43,10 +46,7 @@ from eventbak.coordinator import (
     parse_until,
     run_backup,
 )
-from eventbak.errors import EXIT_PARTIAL, EventbakError, LogCorrupt, UsageError
-from eventbak.log import TornTail, head_of, iter_log
-from eventbak.scanner import normalize_roots
-from eventbak.state import IllegalTransition, State, apply, describe_machines
+from eventbak.pipeline.scanner import normalize_roots
 from eventbak.statedir import StateDir, log_path, read_state
 from eventbak.vaults import open_vault
 

@@ -32,9 +32,9 @@ from typing import IO
 import zstandard
 
 from eventbak import archive as ar
-from eventbak import events as ev
+from eventbak.core import events as ev
+from eventbak.core.state import ArchiveState, SessionState, State
 from eventbak.errors import EventbakError, UsageError, VaultError
-from eventbak.state import ArchiveState, SessionState, State
 from eventbak.statedir import members
 from eventbak.vaults import Vault, open_vault
 

@@ -1,6 +1,6 @@
 """The state directory: the event log, the staging area and the lock.
 
-    <state dir>/events.log     the event log (log.py)
+    <state dir>/events.log     the event log (core/log.py)
     <state dir>/staging/       archives being built (*.partial) or sealed
     <state dir>/lock           held (flock) by the one process writing the log
 
@@ -16,10 +16,10 @@ import os
 import time
 from pathlib import Path
 
-from eventbak import events as ev
+from eventbak.core import events as ev
+from eventbak.core.log import EventLog, LogImage, TornTail, read_event_at, read_log
+from eventbak.core.state import ArchiveState, State, apply
 from eventbak.errors import LockedError, LogCorrupt, UsageError
-from eventbak.log import EventLog, LogImage, TornTail, read_event_at, read_log
-from eventbak.state import ArchiveState, State, apply
 
 LOG_NAME = "events.log"
 

@@ -12,8 +12,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from eventbak import events as ev
-from eventbak.log import read_log
+from eventbak.core import events as ev
+from eventbak.core.log import read_log
 from eventbak.statedir import log_path, read_state
 from tests.treeutil import describe, restore_all
 

@@ -8,7 +8,7 @@ be fed through `StateDir.record` as well as written to a bare log.
 
 from __future__ import annotations
 
-from eventbak import events as ev
+from eventbak.core import events as ev
 
 T0 = 1_700_000_000.25
 

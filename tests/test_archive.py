@@ -21,9 +21,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from eventbak import archive as ar
-from eventbak import builder
 from eventbak.config import Compression
-from eventbak.scanner import walk
+from eventbak.pipeline import builder
+from eventbak.pipeline.scanner import walk
 
 KiB = 1024
 MiB = 1024 * 1024

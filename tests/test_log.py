@@ -18,11 +18,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from eventbak import events as ev
-from eventbak import log as evlog
+from eventbak.core import events as ev
+from eventbak.core import log as evlog
+from eventbak.core.log import HEADER, EventLog, read_log
+from eventbak.core.state import IllegalTransition
 from eventbak.errors import LockedError, LogCorrupt, UsageError
-from eventbak.log import HEADER, EventLog, read_log
-from eventbak.state import IllegalTransition
 from eventbak.statedir import StateDir, log_path, read_state
 from tests.eventsamples import NON_UTF8, T0, member, numbered, sample_events
 

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from eventbak import events as ev
-from eventbak.coordinator import parse_duration, parse_until
-from eventbak.log import read_log
+from eventbak.core import events as ev
+from eventbak.core.log import read_log
+from eventbak.pipeline.coordinator import parse_duration, parse_until
 from eventbak.statedir import log_path, members, read_state
 from tests import crashutil as cu
 from tests.treeutil import describe, restore_all

@@ -14,8 +14,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from eventbak import builder
 from eventbak.config import Compression
+from eventbak.pipeline import builder
 from eventbak.statedir import members, read_state
 from tests.treeutil import backup, describe, restore_all, sha256_of
 
@@ -225,7 +225,7 @@ def test_archives_restore_with_zstd_and_tar_alone(tmp_path: Path) -> None:
 
 
 def _pack_one(tmp_path: Path, path: Path, monkeypatch: pytest.MonkeyPatch | None = None):
-    from eventbak.scanner import walk
+    from eventbak.pipeline.scanner import walk
 
     staging = tmp_path / "staging"
     staging.mkdir(exist_ok=True)

@@ -11,10 +11,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from eventbak import events as ev
-from eventbak import state as st8
-from eventbak.log import read_log
-from eventbak.state import (
+from eventbak.core import events as ev
+from eventbak.core import state as st8
+from eventbak.core.log import read_log
+from eventbak.core.state import (
     ARCHIVE_STATES,
     ARCHIVE_TABLE,
     SESSION_STATES,

@@ -25,10 +25,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from eventbak import archive as ar
-from eventbak import events as ev
 from eventbak.config import Compression
+from eventbak.core import events as ev
 from eventbak.fsutil import fsync_dir
-from eventbak.scanner import Entry
+from eventbak.pipeline.scanner import Entry
 
 CHUNK = 1024 * 1024
 #: Files up to this size are read with one call and written with one call.

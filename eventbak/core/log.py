@@ -32,7 +32,7 @@ from typing import Any
 
 import msgspec
 
-from eventbak import events as ev
+from eventbak.core import events as ev
 from eventbak.errors import LogCorrupt, UsageError
 from eventbak.fsutil import fsync_dir
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import pathspec
 
-from eventbak import events as ev
+from eventbak.core import events as ev
 
 #: Kinds yielded: "file", "dir", "symlink" are stored; "special" and "error"
 #: become EntrySkipped events ("error" with exit code 3).

@@ -37,7 +37,7 @@ from typing import Any
 
 from transitions import Machine, MachineError
 
-from eventbak import events as ev
+from eventbak.core import events as ev
 
 SESSION_STATES = ["new", "running", "paused", "completed", "failed", "abandoned"]
 SESSION_TABLE: list[tuple[str, str | list[str], str]] = [

@@ -43,14 +43,14 @@ from pathlib import Path
 import trio
 
 from eventbak import __version__
-from eventbak import events as ev
-from eventbak.builder import Output, Packer, Sealed, Stopped
 from eventbak.config import Compression, parse_compression
+from eventbak.core import events as ev
+from eventbak.core.state import ArchiveState, SessionState
 from eventbak.errors import EventbakError
 from eventbak.fsutil import sha256_file
-from eventbak.scanner import Entry, Exclude, merge_runs, resume_filter, walk
-from eventbak.scanner import key as walk_key
-from eventbak.state import ArchiveState, SessionState
+from eventbak.pipeline.builder import Output, Packer, Sealed, Stopped
+from eventbak.pipeline.scanner import Entry, Exclude, merge_runs, resume_filter, walk
+from eventbak.pipeline.scanner import key as walk_key
 from eventbak.statedir import StateDir, members
 from eventbak.vaults import Vault
 

@@ -1,0 +1,1 @@
+"""The backup pipeline: scanner, builder and uploader tasks run by the coordinator."""

@@ -26,8 +26,22 @@ DEFAULT_ZSTD_LEVEL = 3
 
 
 class VaultConfig(msgspec.Struct, forbid_unknown_fields=True):
+    """A `[vaults.NAME]` table. The option keys are the URL's query parameters
+    (vaults/url.py); a key given in both places must agree."""
+
     url: str
     archive_size: str | int = "128MiB"
+    storage_class: str | None = None
+    endpoint_url: str | None = None
+    region: str | None = None
+    part_size: str | int | None = None
+    concurrency: int | None = None
+
+    def options(self) -> dict[str, object]:
+        return {k: getattr(self, k) for k in VAULT_OPTION_KEYS if getattr(self, k) is not None}
+
+
+VAULT_OPTION_KEYS = ("storage_class", "endpoint_url", "region", "part_size", "concurrency")
 
 
 class DatasetConfig(msgspec.Struct, forbid_unknown_fields=True):
@@ -177,9 +191,9 @@ def _validate(cfg: Config, path: Path) -> None:
         except ValueError as exc:
             fail(f"vaults.{name}.archive_size", str(exc))
         try:
-            check_vault_url(vault.url)
+            check_vault_url(vault.url, vault.options())
         except UsageError as exc:
-            fail(f"vaults.{name}.url", str(exc))
+            fail(f"vaults.{name}", str(exc))
     seen: set[str] = set()
     for i, ds in enumerate(cfg.datasets):
         where = f"datasets[{i}]"
@@ -202,17 +216,11 @@ def _validate(cfg: Config, path: Path) -> None:
         fail("state_dir", "must not be empty")
 
 
-def check_vault_url(url: str) -> None:
-    """Only syntax here; vaults/ opens and checks the target itself."""
-    if url.startswith("file://"):
-        rest = url[len("file://") :]
-        if not rest.startswith("/"):
-            raise UsageError(f"vault URL {url!r}: a file URL needs an absolute path (file:///dir)")
-        return
-    scheme = url.split(":", 1)[0] if ":" in url else ""
-    if scheme in ("s3", "glacier"):
-        raise UsageError(f"vault URL {url!r}: {scheme}:// vaults are not supported yet")
-    raise UsageError(f"vault URL {url!r}: unknown scheme (use file:///dir)")
+def check_vault_url(url: str, options: dict[str, object] | None = None) -> None:
+    """Only syntax here (UsageError if bad); vaults/ opens and checks the target."""
+    from eventbak.vaults.url import parse_vault
+
+    parse_vault(url, options)
 
 
 def xdg_dir(env: str, fallback: str) -> Path:

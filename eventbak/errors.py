@@ -10,6 +10,8 @@ EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_PARTIAL = 3
+EXIT_VAULT_REFUSED = 4
+EXIT_VAULT_UNREACHABLE = 5
 
 
 class EventbakError(Exception):
@@ -43,4 +45,24 @@ class LockedError(EventbakError):
 
 
 class VaultError(EventbakError):
-    """The vault refused or failed an operation."""
+    """The vault refused or failed an operation (exit 1 unless a subclass says)."""
+
+
+class VaultRefused(VaultError):
+    """The vault answered but will not do it: missing bucket or vault, access
+    denied, bad credentials (exit 4). Retrying will not help until the user
+    fixes something."""
+
+    exit_code = EXIT_VAULT_REFUSED
+
+
+class VaultUnreachable(VaultError):
+    """The vault did not answer (connection refused, DNS, timeouts) or kept
+    failing after botocore's retries (exit 5). The next run may succeed."""
+
+    exit_code = EXIT_VAULT_UNREACHABLE
+
+
+class UploadGone(VaultError):
+    """A multipart upload id the log knows is no longer open in the vault
+    (completed, aborted, expired, or the server lost its state)."""

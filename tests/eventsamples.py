@@ -84,9 +84,24 @@ def uploaded(archive: str, size: int, at: float = T0) -> ev.ArchiveUploaded:
     )
 
 
-def upload_started(archive: str, at: float = T0) -> ev.UploadStarted:
+def upload_started(archive: str, at: float = T0, multipart: bool = True) -> ev.UploadStarted:
+    """Multipart (upload id `up-<archive>`, 5 MiB parts) unless `multipart=False`."""
     return ev.UploadStarted(
-        at=at, archive=archive, vault="file:///mnt/backup/vault", key=f"archives/{archive}"
+        at=at, archive=archive, vault="file:///mnt/backup/vault", key=f"archives/{archive}",
+        upload_id=f"up-{archive}" if multipart else "", part_size=5 << 20 if multipart else 0,
+    )  # fmt: skip
+
+
+def part_uploaded(archive: str, part: int = 1, at: float = T0) -> ev.PartUploaded:
+    return ev.PartUploaded(
+        at=at, archive=archive, upload_id=f"up-{archive}", part=part, size=5 << 20,
+        checksum="q83vEjRWeJA=", etag='"e"',
+    )  # fmt: skip
+
+
+def upload_lost(archive: str, at: float = T0) -> ev.UploadLost:
+    return ev.UploadLost(
+        at=at, archive=archive, upload_id=f"up-{archive}", reason="the vault lost it"
     )
 
 
@@ -122,7 +137,7 @@ def sample_events() -> list[ev.Event]:
     add(ev.ArchiveStarted(at=t + 3, session=s1, archive="a1", index=0))
     a1 = sealed("a1", A1_MEMBERS, t + 4)
     add(a1)
-    add(upload_started("a1", t + 5))
+    add(upload_started("a1", t + 5, multipart=False))
     add(uploaded("a1", a1.size, t + 6))
     add(ev.ArchiveStarted(at=t + 7, session=s1, archive="a2", index=1))
     add(sealed("a2", A2_MEMBERS, t + 8))
@@ -139,8 +154,10 @@ def sample_events() -> list[ev.Event]:
     a3 = sealed("a3", A3_MEMBERS, t + 13)
     add(a3)
     add(upload_started("a3", t + 14))
+    add(part_uploaded("a3", 1, t + 14))
     add(ev.SessionResumed(at=t + 15, session=s1, after="crash", pid=4243))
-    add(upload_started("a3", t + 16))  # uploading again after the crash
+    add(upload_lost("a3", t + 15))  # the vault forgot the upload: sealed again
+    add(upload_started("a3", t + 16, multipart=False))  # sent anew, in one part
     add(uploaded("a3", a3.size, t + 17))
     add(
         ev.SessionCompleted(

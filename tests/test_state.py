@@ -7,6 +7,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -32,8 +33,10 @@ from tests.eventsamples import (
     T0,
     member,
     opened,
+    part_uploaded,
     sample_events,
     sealed,
+    upload_lost,
     upload_started,
     uploaded,
 )
@@ -227,6 +230,8 @@ def _archive_event(trigger: str) -> ev.Event:
         "start": ev.ArchiveStarted(at=T0 + 100, session=S, archive=A, index=0),
         "seal": sealed(A, [member(b"/f", size=3)]),
         "begin_upload": upload_started(A),
+        "confirm_part": part_uploaded(A),
+        "lose_upload": upload_lost(A),
         "confirm_upload": uploaded(A, 9),
         "discard": ev.ArchiveDiscarded(at=T0 + 100, archive=A, reason="r"),
     }[trigger]
@@ -627,6 +632,10 @@ def legal_histories(draw: st.DrawFn) -> tuple[list[ev.Event], Model]:
                 m.bytes[sid] += b
             elif trigger == "begin_upload":
                 e = upload_started(aid, at)
+            elif trigger == "confirm_part":
+                e = part_uploaded(aid, draw(st.integers(1, 10_000)), at)
+            elif trigger == "lose_upload":
+                e = upload_lost(aid, at)
             elif trigger == "confirm_upload":
                 size = draw(st.integers(0, 10**9))
                 e = uploaded(aid, size, at)
@@ -664,3 +673,23 @@ def test_random_legal_histories(history: tuple[list[ev.Event], Model], commit_ev
         assert sess.archives == [a for a, (owner, _) in m.archives.items() if owner == sid]
     with tempfile.TemporaryDirectory() as tmp:
         _live_and_replayed(Path(tmp), events, commit_every)
+
+
+def test_a_part_of_another_upload_id_is_illegal() -> None:
+    s = fold([opened(S), *(_archive_event(t) for t in ARCHIVE_PREFIX["uploading"])])
+    stray = msgspec.structs.replace(part_uploaded(A), upload_id="up-someone-else")
+    with pytest.raises(IllegalTransition, match="confirm_part"):
+        apply(s, stray)
+    one_part = fold([opened(S), *(_archive_event(t) for t in ARCHIVE_PREFIX["sealed"])])
+    apply(one_part, upload_started(A, multipart=False))
+    with pytest.raises(IllegalTransition, match="in one part"):
+        apply(one_part, part_uploaded(A))
+
+
+def test_a_lost_upload_is_sealed_again_and_forgets_its_parts() -> None:
+    s = fold([opened(S), *(_archive_event(t) for t in ARCHIVE_PREFIX["uploading"])])
+    apply(s, part_uploaded(A, 1))
+    assert set(s.archives[A].parts) == {1}
+    apply(s, upload_lost(A))
+    a = s.archives[A]
+    assert (a.state, a.upload_id, a.parts) == ("sealed", "", {})

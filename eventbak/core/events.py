@@ -63,6 +63,10 @@ class SessionOpened(_Base, frozen=True):
 
     session: str
     dataset: str
+    #: The vault's identity: kind and location (`file:///dir`, `s3://bucket/prefix`,
+    #: `glacier://name`), never its options, so that changing `part_size=` or
+    #: `concurrency=` does not orphan the session. (Logs before 0.2 hold the
+    #: URL here, which for a file vault is the same thing.)
     vault: str
     paths: list[bytes]
     archive_size: int
@@ -70,6 +74,8 @@ class SessionOpened(_Base, frozen=True):
     exclude: list[str] = []
     host: str = ""
     version: str = ""
+    #: The vault URL as given, with its options (never credentials).
+    vault_url: str = ""
 
 
 class SessionResumed(_Base, frozen=True):
@@ -78,6 +84,7 @@ class SessionResumed(_Base, frozen=True):
     session: str
     after: str  # "paused" or "crash"
     pid: int = 0
+    vault_url: str = ""  # the URL (options) this run uses; its identity is the session's
 
 
 class SessionPaused(_Base, frozen=True):
@@ -220,21 +227,57 @@ class ArchiveDiscarded(_Base, frozen=True):
 
 
 class UploadStarted(_Base, frozen=True):
-    """The uploader began sending an archive to its vault under `key`."""
+    """The uploader began sending an archive to its vault under `key`.
+
+    One part (`upload_id` ""): recorded before the bytes are sent, so every
+    attempt is on record. Multipart: recorded once the vault gave the upload
+    id, before any part is sent; parts are `part_size` bytes (the last one
+    shorter). A crash between the vault's CreateMultipartUpload and this
+    event leaves an upload no log knows: the next start aborts it."""
 
     archive: str
-    vault: str
+    vault: str  # the vault's identity (SessionOpened.vault)
     key: str
+    upload_id: str = ""
+    part_size: int = 0
+
+
+class PartUploaded(_Base, frozen=True):
+    """The vault confirmed part `part` (1-based) of a multipart upload, with
+    the checksum it verified (S3: base64 SHA-256 of the part)."""
+
+    archive: str
+    upload_id: str
+    part: int
+    size: int
+    checksum: str
+    etag: str = ""
+
+
+class UploadLost(_Base, frozen=True):
+    """The vault no longer holds the multipart upload `upload_id` (expired,
+    aborted, or the server lost its state): the archive is sealed again and
+    will be sent anew from staging."""
+
+    archive: str
+    upload_id: str
+    reason: str
 
 
 class ArchiveUploaded(_Base, frozen=True):
-    """The vault holds the archive and confirmed its checksum."""
+    """The vault holds the archive: its receipt.
+
+    `sha256` is the archive's own (hex, as sealed); `checksum` is what the
+    vault verified, in its own form (vaults/base.py `Receipt`); `key` is
+    where to read it back (for Glacier the archive id)."""
 
     archive: str
     vault: str
     key: str
     size: int
     sha256: str
+    checksum: str = ""
+    storage_class: str = ""
 
 
 # -- the log itself ---------------------------------------------------------
@@ -269,6 +312,8 @@ _EVERY_OTHER_EVENT = (
     | ArchiveStarted
     | ArchiveDiscarded
     | UploadStarted
+    | PartUploaded
+    | UploadLost
     | ArchiveUploaded
     | OrphanRemoved
     | LogTailTruncated

@@ -17,9 +17,17 @@ Two lifecycles, each a `transitions` state machine declared as a table:
   start resumes it from there (`SessionResumed(after="crash")`).
 * An **archive** is `building` in staging, `sealed` once durable there with
   its member list (the catalog), `uploading` while the vault receives it and
-  `uploaded` when the vault confirmed its checksum. A building archive lost
+  `uploaded` when the vault's receipt is recorded. A building archive lost
   in a crash, or a sealed one whose staged bytes are gone or wrong, is
   `discarded` and its members are packed again.
+* Its **upload** is the part of that lifecycle from `sealed` on:
+  `UploadStarted` (with the multipart upload id, or none for a one-part
+  put) makes it `uploading`; each `PartUploaded` confirms one part and
+  stays `uploading`; `ArchiveUploaded` (the receipt: size, the checksum the
+  vault verified, storage class) makes it `uploaded`. `UploadLost` (the
+  vault no longer has the upload id) makes it `sealed` again: sent anew from
+  staging. What to do next in each state, given what the vault reports, is
+  decided by core/plan.py, not here.
 
 Each event names one trigger of one machine (`_TRIGGERS`). An event that is
 illegal in the current state raises `IllegalTransition`: that is a bug or a
@@ -54,7 +62,10 @@ ARCHIVE_STATES = ["new", "building", "sealed", "uploading", "uploaded", "discard
 ARCHIVE_TABLE: list[tuple[str, str | list[str], str]] = [
     ("start", "new", "building"),
     ("seal", "building", "sealed"),
-    ("begin_upload", ["sealed", "uploading"], "uploading"),  # again after a crash
+    # from uploading: a one-part put sent again after a crash
+    ("begin_upload", ["sealed", "uploading"], "uploading"),
+    ("confirm_part", "uploading", "uploading"),
+    ("lose_upload", "uploading", "sealed"),
     ("confirm_upload", "uploading", "uploaded"),
     ("discard", ["building", "sealed", "uploading"], "discarded"),
 ]
@@ -117,7 +128,7 @@ ARCHIVE_MACHINE = Lifecycle("archive", ARCHIVE_STATES, ARCHIVE_TABLE)
 class SessionState:
     id: str
     dataset: str
-    vault: str
+    vault: str  # identity (kind and location)
     paths: list[bytes]
     exclude: list[str]
     archive_size: int
@@ -139,6 +150,7 @@ class SessionState:
     crashes: int = 0
     last_member: ev.Member | None = None
     error: str = ""
+    vault_url: str = ""  # the URL (with options) of its latest run
 
     @property
     def interruptions(self) -> int:
@@ -175,8 +187,22 @@ class ArchiveState:
     sealed_at: float = 0.0
     vault: str = ""
     key: str = ""
+    # the upload in progress: its id ("" for a one-part put), part size and
+    # the parts the vault confirmed (number -> part); cleared once uploaded
+    upload_id: str = ""
+    part_size: int = 0
+    parts: dict[int, ev.PartUploaded] = field(default_factory=dict)
+    attempts: int = 0  # UploadStarted events (a measure of bytes sent again)
+    # the receipt
+    checksum: str = ""
+    storage_class: str = ""
     uploaded_at: float = 0.0
     discard_reason: str = ""
+
+    @property
+    def suffix(self) -> str:
+        """The name suffix of its staged file and vault object."""
+        return ".tar" if self.compression == "none" else ".tar.zst"
 
 
 @dataclass
@@ -237,6 +263,7 @@ def _opened(state: State, e: Any, offset: int = -1) -> None:
         id=e.session,
         dataset=e.dataset,
         vault=e.vault,
+        vault_url=e.vault_url or e.vault,
         paths=list(e.paths),
         exclude=list(e.exclude),
         archive_size=e.archive_size,
@@ -250,6 +277,8 @@ def _opened(state: State, e: Any, offset: int = -1) -> None:
 def _resumed(state: State, e: Any, offset: int = -1) -> None:
     s = _session(state, e.session, e)
     _step_session(s, "resume", e)
+    if e.vault_url:
+        s.vault_url = e.vault_url
     if e.after == "crash":
         s.crashes += 1
 
@@ -338,18 +367,46 @@ def _discarded(state: State, e: Any, offset: int = -1) -> None:
                 break
 
 
-def _upload_started(state: State, e: Any, offset: int = -1) -> None:
+def _upload_started(state: State, e: ev.UploadStarted, offset: int = -1) -> None:
     a = _archive(state, e.archive, e)
     _step_archive(a, "begin_upload", e)
     a.vault = e.vault
     a.key = e.key
+    a.upload_id = e.upload_id
+    a.part_size = e.part_size
+    a.parts = {}
+    a.attempts += 1
 
 
-def _uploaded(state: State, e: Any, offset: int = -1) -> None:
+def _part_uploaded(state: State, e: ev.PartUploaded, offset: int = -1) -> None:
+    a = _archive(state, e.archive, e)
+    if a.state == "uploading" and (not a.upload_id or e.upload_id != a.upload_id):
+        raise IllegalTransition(
+            f"archive {a.id} (upload {a.upload_id or 'in one part'})", a.state, "confirm_part", e
+        )
+    _step_archive(a, "confirm_part", e)
+    a.parts[e.part] = e
+
+
+def _upload_lost(state: State, e: ev.UploadLost, offset: int = -1) -> None:
+    a = _archive(state, e.archive, e)
+    if a.state == "uploading" and e.upload_id != a.upload_id:
+        raise IllegalTransition(f"archive {a.id} (upload {a.upload_id})", a.state, "lose_upload", e)
+    _step_archive(a, "lose_upload", e)
+    a.upload_id = ""
+    a.part_size = 0
+    a.parts = {}
+
+
+def _uploaded(state: State, e: ev.ArchiveUploaded, offset: int = -1) -> None:
     a = _archive(state, e.archive, e)
     _step_archive(a, "confirm_upload", e)
     a.vault = e.vault
     a.key = e.key
+    a.checksum = e.checksum
+    a.storage_class = e.storage_class
+    a.upload_id = ""
+    a.parts = {}
     a.uploaded_at = e.at
     s = state.sessions[a.session]
     s.archives_uploaded += 1
@@ -379,6 +436,8 @@ _HANDLERS: dict[type, Any] = {
     ev.ArchiveSealedHead: _sealed,
     ev.ArchiveDiscarded: _discarded,
     ev.UploadStarted: _upload_started,
+    ev.PartUploaded: _part_uploaded,
+    ev.UploadLost: _upload_lost,
     ev.ArchiveUploaded: _uploaded,
     ev.OrphanRemoved: _orphan,
     ev.LogTailTruncated: _truncated,

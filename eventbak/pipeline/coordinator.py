@@ -1,7 +1,8 @@
 """The coordinator: runs one backup session as a Trio pipeline and owns the log.
 
     scanner --batches of entries--> builder --sealed archives--> uploader --> vault
-      (thread: walk)                (thread: Packer)               (thread: vault.put)
+      (thread: walk)                (thread: Packer)               (uploader.Transfers:
+                                                                    vault steps in threads)
 
 Each stage is a task in one nursery; they talk over bounded memory channels,
 so a slow vault stops the builder (at most `SEALED_BACKLOG` sealed archives
@@ -18,12 +19,16 @@ paused or completed.
 Stopping (SIGTERM, SIGINT, a deadline): `request_stop` sets a flag that the
 scanner and the packer check between entries and between 1 MiB chunks; the
 archive being built is discarded (its entries are packed again on resume),
-an upload in flight may finish, sealed archives not yet sent stay in
-staging. After the grace period the work scope is cancelled: an upload still
-running is abandoned (its outcome is unknown; resume asks the vault). A
-second signal cancels at once. Either way `SessionPaused` is then committed.
+parts in flight may finish but no new part is started, sealed archives not
+yet sent stay in staging. After the grace period the work scope is
+cancelled: a vault call still running is abandoned (its outcome is unknown;
+resume asks the vault). A second signal cancels at once. Either way
+`SessionPaused` is then committed.
 
-Resume (`recover`): see docs/architecture.md, "Resume semantics".
+Resume (`recover`): every archive the log left `sealed` or `uploading` is
+reconciled with the vault by the same plan the live upload follows
+(core/plan.py, executed by uploader.Transfers); see docs/architecture.md,
+"Resume semantics".
 """
 
 from __future__ import annotations
@@ -38,21 +43,21 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from pathlib import Path
 
 import trio
 
 from eventbak import __version__
 from eventbak.config import Compression, parse_compression
 from eventbak.core import events as ev
+from eventbak.core import plan
 from eventbak.core.state import ArchiveState, SessionState
 from eventbak.errors import EventbakError
-from eventbak.fsutil import sha256_file
 from eventbak.pipeline.builder import Output, Packer, Sealed, Stopped
 from eventbak.pipeline.scanner import Entry, Exclude, merge_runs, resume_filter, walk
 from eventbak.pipeline.scanner import key as walk_key
+from eventbak.pipeline.uploader import Transfers
 from eventbak.statedir import StateDir, members
-from eventbak.vaults import Vault
+from eventbak.vaults import Vault, parse_vault
 
 BATCH_ENTRIES = 512
 BATCH_BYTES = 16 * 1024 * 1024
@@ -124,13 +129,6 @@ def _first_error(exc: BaseException) -> BaseException:
     return exc
 
 
-def _staged_sha256(path: Path) -> str | None:
-    try:
-        return sha256_file(path)
-    except FileNotFoundError:
-        return None
-
-
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.strerror:
         where = f" ({exc.filename!s})" if exc.filename else ""
@@ -174,7 +172,9 @@ class Session:
         self.started = time.monotonic()
         self._resume_stored: Iterable[ev.Member] = ()
         self._resume_cursor: bytes | None = None
-        self._to_upload: list[tuple[str, str, Path]] = []  # archive, sha256, staged
+        self.transfers = Transfers(sd, vault, session_id, self.stop)
+        # recovered archives still to send, with what reconciling them learnt
+        self._to_upload: list[tuple[str, plan.Observed]] = []
 
     # -- stopping ---------------------------------------------------------
 
@@ -200,12 +200,12 @@ class Session:
 
     # -- recovery ------------------------------------------------------------
 
-    def recover(self) -> None:
+    async def recover(self) -> None:
         """Bring a resumed session back to a state the pipeline can continue
-        from (blocking: hashes staged files and asks the vault)."""
+        from: archives being built are discarded; sealed and uploading ones
+        are reconciled with the vault (the uploader sends what is missing)."""
         sd, state = self.sd, self.sd.state
         for a in state.archives_of(self.id):
-            staged = sd.staging / a.staged if a.staged else None
             if a.state == "building":
                 (sd.staging / f"{a.id}.partial").unlink(missing_ok=True)
                 sd.record(
@@ -213,40 +213,11 @@ class Session:
                         at=time.time(), archive=a.id, reason="incomplete at interruption"
                     )
                 )
+                sd.commit()
             elif a.state in ("sealed", "uploading"):
-                assert staged is not None
-                key = self.vault.key_for(self.id, a.id, staged.name[len(a.id) :])
-                stored = self.vault.confirm(key, a.sha256)
-                if stored is not None:  # the vault got it before we could log it
-                    if a.state == "sealed":
-                        sd.record(
-                            ev.UploadStarted(
-                                at=time.time(), archive=a.id, vault=self.vault.url, key=key
-                            )
-                        )
-                    sd.record(
-                        ev.ArchiveUploaded(
-                            at=time.time(),
-                            archive=a.id,
-                            vault=self.vault.url,
-                            key=stored.key,
-                            size=stored.size,
-                            sha256=stored.sha256,
-                        )
-                    )
-                    sd.commit()
-                    staged.unlink(missing_ok=True)
-                elif _staged_sha256(staged) == a.sha256:
-                    self._to_upload.append((a.id, a.sha256, staged))
-                else:
-                    why = "missing" if not staged.exists() else "damaged"
-                    staged.unlink(missing_ok=True)
-                    sd.record(
-                        ev.ArchiveDiscarded(
-                            at=time.time(), archive=a.id, reason=f"staged file {why}"
-                        )
-                    )
-        sd.commit()
+                obs = await self.transfers.run(a.id, plan.Observed(), send=False)
+                if state.archives[a.id].state in ("sealed", "uploading"):
+                    self._to_upload.append((a.id, obs))
         s = state.sessions[self.id]
         kept = [
             a for a in state.archives_of(self.id) if a.state in ("sealed", "uploading", "uploaded")
@@ -263,13 +234,18 @@ class Session:
         self._resume_cursor = max(lasts, key=walk_key) if lasts else None
         self.packer.next_index = len(s.archives) + 1
 
-    def remove_orphans(self) -> None:
-        """Delete staged files and vault leftovers that the log does not need."""
+    async def remove_orphans(self) -> None:
+        """Delete staged files the log does not need, and abort the vault's
+        unfinished uploads of this state dir's sessions that no unfinished
+        archive of the log is continuing."""
         sd, state = self.sd, self.sd.state
         keep = set()
+        live: set[tuple[str, str]] = set()
         for a in state.archives.values():
             if a.state in ("sealed", "uploading"):
                 keep.add(a.staged)
+                if a.upload_id:
+                    live.add((a.key, a.upload_id))
             elif a.state == "building" and state.sessions[a.session].unfinished:
                 keep.add(f"{a.id}.partial")
         for f in sorted(sd.staging.iterdir()):
@@ -278,15 +254,22 @@ class Session:
             size = f.stat().st_size if f.is_file() else 0
             f.unlink(missing_ok=True)
             sd.record(ev.OrphanRemoved(at=time.time(), where="staging", name=f.name, size=size))
-        for name, size in self.vault.remove_orphans(set(state.sessions)):
-            sd.record(ev.OrphanRemoved(at=time.time(), where=self.vault.url, name=name, size=size))
         sd.commit()
+        vault = self.vault
+        leftovers = await trio.to_thread.run_sync(vault.unfinished, set(state.sessions))
+        for u in leftovers:
+            if (u.key, u.upload_id) in live:
+                continue
+            await trio.to_thread.run_sync(vault.abort, u.key, u.upload_id)
+            name = f"{u.key} (upload {u.upload_id})" if u.upload_id else u.key
+            sd.record(ev.OrphanRemoved(at=time.time(), where=vault.ref, name=name, size=u.size))
+            sd.commit()
 
     # -- the stages -----------------------------------------------------
 
     def _scan_thread(self, send: trio.MemorySendChannel[list[Entry]]) -> None:
         exclude = Exclude(self.req.exclude) if self.req.exclude else None
-        own = [self.sd.root, getattr(self.vault, "root", None)]
+        own = [self.sd.root, self.vault.local_root]
         skip = frozenset(os.fsencode(os.path.abspath(p)) for p in own if p is not None)
         entries = resume_filter(
             walk(self.req.paths, exclude, skip), self._resume_stored, self._resume_cursor
@@ -349,43 +332,18 @@ class Session:
                 self._drop_partial("session stopped")
 
     async def _uploader(self, recv: trio.MemoryReceiveChannel[Sealed]) -> None:
+        """Sends recovered archives, then each archive as it is sealed. After a
+        stop request nothing new is started: sealed archives stay in staging
+        and an upload keeps its confirmed parts, for the next run."""
         async with recv:
-            for archive, sha256, path in self._to_upload:
+            for archive, observed in self._to_upload:
                 if self.stop.is_set():
                     break
-                await self.upload(archive, sha256, path)
+                await self.transfers.run(archive, observed)
             async for sealed in recv:
                 if self.stop.is_set():
                     continue  # stays sealed in staging; uploaded on resume
-                await self.upload(sealed.event.archive, sealed.event.sha256, sealed.path)
-
-    async def upload(self, archive: str, sha256: str, path: Path) -> None:
-        """Store one sealed archive and, once that is durable, drop its staged file.
-
-        Cancellation: if cancelled while the vault call runs, the call is
-        abandoned and nothing is recorded; the log says `uploading` and resume
-        asks the vault what it has."""
-        suffix = path.name[len(archive) :]
-        key = self.vault.key_for(self.id, archive, suffix)
-        self.sd.record(
-            ev.UploadStarted(at=time.time(), archive=archive, vault=self.vault.url, key=key)
-        )
-        self.sd.commit()  # write-ahead: every attempt to send is on record
-        stored = await trio.to_thread.run_sync(
-            self.vault.put, key, path, sha256, abandon_on_cancel=True
-        )
-        self.sd.record(
-            ev.ArchiveUploaded(
-                at=time.time(),
-                archive=archive,
-                vault=self.vault.url,
-                key=stored.key,
-                size=stored.size,
-                sha256=stored.sha256,
-            )
-        )
-        self.sd.commit()
-        path.unlink(missing_ok=True)
+                await self.transfers.run(sealed.event.archive, plan.Observed.fresh())
 
     async def _progress(self, interval: float) -> None:
         assert self.on_progress is not None
@@ -491,14 +449,15 @@ class Session:
             self.sd.record(ev.ArchiveDiscarded(at=time.time(), archive=a.id, reason=reason))
 
 
-def open_session(sd: StateDir, req: BackupRequest) -> str:
+def open_session(sd: StateDir, req: BackupRequest, vault: Vault) -> str:
     sid = new_session_id()
     sd.record(
         ev.SessionOpened(
             at=time.time(),
             session=sid,
             dataset=req.dataset,
-            vault=req.vault_url,
+            vault=vault.ref,
+            vault_url=vault.url,
             paths=req.paths,
             archive_size=req.archive_size,
             compression=str(req.compression),
@@ -512,19 +471,31 @@ def open_session(sd: StateDir, req: BackupRequest) -> str:
 
 
 def find_unfinished(sd: StateDir, req: BackupRequest) -> SessionState | None:
-    """The unfinished session this request continues: same dataset, paths, vault."""
+    """The unfinished session this request continues: same dataset, paths and
+    vault (by identity: its options may have changed)."""
+    ref = vault_ref(req.vault_url)
     for s in reversed(sd.state.unfinished_sessions()):
-        if s.dataset == req.dataset and s.paths == req.paths and s.vault == req.vault_url:
+        if s.dataset == req.dataset and s.paths == req.paths and vault_ref(s.vault) == ref:
             return s
     return None
 
 
-def _session_request(s: SessionState) -> BackupRequest:
-    """A resumed session keeps the settings it was opened with."""
+def vault_ref(url: str) -> str:
+    """A vault URL's identity (what SessionOpened.vault holds); old logs hold
+    the URL itself there."""
+    try:
+        return parse_vault(url).ref
+    except EventbakError:
+        return url
+
+
+def _session_request(s: SessionState, req: BackupRequest) -> BackupRequest:
+    """A resumed session keeps the settings it was opened with; the vault's
+    options are this run's."""
     return BackupRequest(
         dataset=s.dataset,
         paths=s.paths,
-        vault_url=s.vault,
+        vault_url=req.vault_url,
         archive_size=s.archive_size,
         compression=parse_compression(s.compression),
         exclude=s.exclude,
@@ -615,23 +586,25 @@ async def _run_backup(
     try:
         previous = find_unfinished(sd, req)
         if previous is not None and options.new_session:
-            await trio.to_thread.run_sync(_abandon, sd, previous, vault)
+            await _abandon(sd, previous, vault)
             previous = None
         if previous is None:
-            sid = open_session(sd, req)
+            sid = open_session(sd, req, vault)
             session = Session(sd, sid, req, vault, on_progress, options, stopper)
-            await trio.to_thread.run_sync(session.remove_orphans)
+            await session.remove_orphans()
         else:
             after = "paused" if previous.state == "paused" else "crash"
             sd.record(
-                ev.SessionResumed(at=time.time(), session=previous.id, after=after, pid=os.getpid())
-            )
+                ev.SessionResumed(
+                    at=time.time(), session=previous.id, after=after, pid=os.getpid(),
+                    vault_url=vault.url,
+                )
+            )  # fmt: skip
             sd.commit()  # first: a crash during recovery still counts as an interruption
-            session = Session(
-                sd, previous.id, _session_request(previous), vault, on_progress, options, stopper
-            )
-            await trio.to_thread.run_sync(session.remove_orphans)
-            await trio.to_thread.run_sync(session.recover)
+            resumed = _session_request(previous, req)
+            session = Session(sd, previous.id, resumed, vault, on_progress, options, stopper)
+            await session.remove_orphans()
+            await session.recover()
     except OSError as exc:
         raise EventbakError(
             f"cannot prepare the session: {_describe(exc)} (the event log in {sd.root} "
@@ -642,36 +615,21 @@ async def _run_backup(
     return outcome
 
 
-def _abandon(sd: StateDir, s: SessionState, vault: Vault) -> None:
-    """Close `s` for good: archives the vault holds are recorded as uploaded
-    (an upload may have finished unrecorded), the rest are discarded; their
-    staged files go only once that is durable. Blocking: asks the vault."""
-    doomed: list[str] = []
+async def _abandon(sd: StateDir, s: SessionState, vault: Vault) -> None:
+    """Close `s` for good by the upload plan's "settle" goal: archives the vault
+    holds whole are recorded as uploaded (an upload may have finished
+    unrecorded), unfinished uploads are aborted, the rest are discarded;
+    staged files go only once that is durable."""
+    transfers = Transfers(sd, vault, s.id)
     for a in sd.state.archives_of(s.id):
-        if a.state in ("sealed", "uploading"):
-            key = vault.key_for(s.id, a.id, a.staged[len(a.id) :])
-            stored = vault.confirm(key, a.sha256)
-            if stored is not None:
-                if a.state == "sealed":
-                    sd.record(
-                        ev.UploadStarted(at=time.time(), archive=a.id, vault=vault.url, key=key)
-                    )
-                sd.record(
-                    ev.ArchiveUploaded(
-                        at=time.time(), archive=a.id, vault=vault.url, key=key,
-                        size=stored.size, sha256=stored.sha256,
-                    )
-                )  # fmt: skip
-                doomed.append(a.staged)
-                continue
-        if a.state in ("building", "sealed", "uploading"):
+        if a.state == "building":
             sd.record(ev.ArchiveDiscarded(at=time.time(), archive=a.id, reason="session abandoned"))
-            doomed += [a.staged, f"{a.id}.partial"]
+            sd.commit()
+            (sd.staging / f"{a.id}.partial").unlink(missing_ok=True)
+        elif a.state in ("sealed", "uploading"):
+            await transfers.run(a.id, plan.Observed(), goal="settle")
     sd.record(ev.SessionAbandoned(at=time.time(), session=s.id, reason="--new-session"))
     sd.commit()
-    for name in doomed:
-        if name:
-            (sd.staging / name).unlink(missing_ok=True)
 
 
 def parse_duration(text: str) -> float:

@@ -1,14 +1,25 @@
-"""Vaults: where archives are stored. `open_vault(url)` picks the kind by URL."""
+"""Vaults: where archives are stored. `open_vault(url)` picks the kind by URL
+(vaults/url.py); every kind implements the steps of vaults/base.py."""
 
 from __future__ import annotations
 
-from eventbak.config import check_vault_url
-from eventbak.vaults.base import Stored, Vault
+from collections.abc import Mapping
+
+from eventbak.errors import UsageError
+from eventbak.vaults.base import Held, Part, Receipt, Unfinished, Vault
 from eventbak.vaults.local import LocalVault
+from eventbak.vaults.url import VaultSpec, parse_vault
 
-__all__ = ["LocalVault", "Stored", "Vault", "open_vault"]
+__all__ = [
+    "Held", "LocalVault", "Part", "Receipt", "Unfinished", "Vault", "VaultSpec", "open_vault",
+    "parse_vault",
+]  # fmt: skip
 
 
-def open_vault(url: str) -> Vault:
-    check_vault_url(url)
-    return LocalVault(url)
+def open_vault(url: str, options: Mapping[str, object] | None = None) -> Vault:
+    """The vault a URL names (UsageError if malformed). No network access yet:
+    `prepare` is the first step that talks to it."""
+    spec = parse_vault(url, options)
+    if spec.kind != "file":
+        raise UsageError(f"vault URL {url!r}: {spec.kind}:// vaults are not available yet")
+    return LocalVault(spec.path, url)

@@ -144,9 +144,10 @@ def _requests(
     if vault:
         check_vault_url(vault)
 
-    def vault_for(name: str | None) -> tuple[str, int]:
+    def vault_for(name: str | None) -> tuple[str, int, dict[str, object]]:
         if vault:
-            return vault, size_override or DEFAULT_ARCHIVE_SIZE
+            # a --vault URL is complete in itself: options go in its query
+            return vault, size_override or DEFAULT_ARCHIVE_SIZE, {}
         if name is None and len(cfg.vaults) == 1:
             name = next(iter(cfg.vaults))
         elif name is None and len(cfg.vaults) > 1:
@@ -156,8 +157,8 @@ def _requests(
             )
         if name is not None:
             v = cfg.vaults[name]
-            return v.url, size_override or parse_archive_size(v.archive_size)
-        return default_vault_url(), size_override or DEFAULT_ARCHIVE_SIZE
+            return v.url, size_override or parse_archive_size(v.archive_size), v.options()
+        return default_vault_url(), size_override or DEFAULT_ARCHIVE_SIZE, {}
 
     def sources(raw: list[str], where: str) -> list[bytes]:
         out = []
@@ -169,7 +170,7 @@ def _requests(
         return normalize_roots(out)
 
     if paths:
-        url, size = vault_for(None)
+        url, size, opts = vault_for(None)
         return [
             BackupRequest(
                 "cli",
@@ -178,13 +179,14 @@ def _requests(
                 size,
                 comp_override or Compression("auto"),
                 [],
+                opts,
             )
         ]
     if not cfg.datasets:
         raise UsageError("nothing to back up: give PATH... or a --config with [[datasets]]")
     reqs = []
     for ds in cfg.datasets:
-        url, size = vault_for(ds.vault)
+        url, size, opts = vault_for(ds.vault)
         reqs.append(
             BackupRequest(
                 ds.name,
@@ -193,6 +195,7 @@ def _requests(
                 size,
                 comp_override or parse_compression(ds.compression),
                 list(ds.exclude),
+                opts,
             )
         )
     return reqs
@@ -242,7 +245,11 @@ def _summary(o: Outcome) -> dict[str, Any]:
 
 @main.command()
 @click.argument("paths", nargs=-1)
-@click.option("--vault", help="Vault URL (file:///dir).")
+@click.option(
+    "--vault",
+    help="Vault URL: file:///dir, s3://BUCKET/PREFIX?storage_class=...&endpoint_url=...&"
+    "region=...&part_size=...&concurrency=..., or glacier://VAULT?region=...",
+)
 @click.option("--archive-size", help="Archive size limit: 123, 64KiB, 128MiB, 1GiB.")
 @click.option("--compression", help="auto | none | zstd[:LEVEL]")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary instead of text.")
@@ -307,8 +314,11 @@ def backup(
                         f"{previous.archives_uploaded} archives uploaded"
                     )
             show = _ProgressLine() if (not as_json and sys.stderr.isatty()) else None
-            vault_obj = open_vault(req.vault_url)
-            outcome = trio.run(run_backup, sd, req, vault_obj, show, options)
+            vault_obj = open_vault(req.vault_url, req.vault_options)
+            try:
+                outcome = trio.run(run_backup, sd, req, vault_obj, show, options)
+            finally:
+                vault_obj.close()
             if show:
                 show.done()
             outcomes.append(outcome)
@@ -328,8 +338,9 @@ def backup(
     if as_json:
         out: Any = [_summary(o) for o in outcomes]
         click.echo(json.dumps(out[0] if len(out) == 1 else out, indent=2))
-    if any(o.error for o in outcomes):
-        sys.exit(1)
+    failed = [o for o in outcomes if o.error]
+    if failed:
+        sys.exit(failed[0].exit_code)
     if any(not special for o in outcomes for special in _specials(o)):
         sys.exit(EXIT_PARTIAL)
 

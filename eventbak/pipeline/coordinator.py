@@ -42,7 +42,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import trio
 
@@ -51,7 +51,7 @@ from eventbak.config import Compression, parse_compression
 from eventbak.core import events as ev
 from eventbak.core import plan
 from eventbak.core.state import ArchiveState, SessionState
-from eventbak.errors import EventbakError
+from eventbak.errors import EXIT_FAILURE, EventbakError
 from eventbak.pipeline.builder import Output, Packer, Sealed, Stopped
 from eventbak.pipeline.scanner import Entry, Exclude, merge_runs, resume_filter, walk
 from eventbak.pipeline.scanner import key as walk_key
@@ -74,6 +74,8 @@ class BackupRequest:
     archive_size: int
     compression: Compression
     exclude: list[str]
+    #: the vault's option keys from its config table (vaults/url.py)
+    vault_options: dict[str, object] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -104,6 +106,7 @@ class Outcome:
     session: SessionState
     elapsed: float
     error: str = ""
+    exit_code: int = 0  # the error's (errors.py)
     resumed: bool = False
     paused_for: str = ""
     run_files: int = 0  # what this run read (a resumed session did some before)
@@ -127,6 +130,12 @@ def _first_error(exc: BaseException) -> BaseException:
                 return e
         return inner[0]
     return exc
+
+
+def _exit_code(exc: BaseException | None) -> int:
+    if exc is None:
+        return 0
+    return exc.exit_code if isinstance(exc, EventbakError) else EXIT_FAILURE
 
 
 def _describe(exc: BaseException) -> str:
@@ -403,6 +412,7 @@ class Session:
                 session,
                 elapsed,
                 _describe(error) if error is not None else "",
+                exit_code=_exit_code(error),
                 paused_for=why,
                 run_files=self.packer.progress.files,
                 run_bytes=self.packer.progress.bytes,
@@ -496,6 +506,7 @@ def _session_request(s: SessionState, req: BackupRequest) -> BackupRequest:
         dataset=s.dataset,
         paths=s.paths,
         vault_url=req.vault_url,
+        vault_options=req.vault_options,
         archive_size=s.archive_size,
         compression=parse_compression(s.compression),
         exclude=s.exclude,

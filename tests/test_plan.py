@@ -84,6 +84,25 @@ def test_only_the_parts_the_vault_lacks_are_sent_and_unlogged_ones_are_adopted()
     assert [p.number for p in got.adopt] == [3]
 
 
+def test_an_unlogged_part_listed_without_a_checksum_is_sent_again() -> None:
+    s = _state(upload_started("a"), part_uploaded("a", 1), size_mib=11)
+    vault_parts = [Part(1, 5 * MIB, ""), Part(2, 5 * MIB, ""), Part(3, MIB, "")]
+    obs = plan.Observed(head=True, staged="ok", parts=True, vault_parts=vault_parts)
+    got = step(s, obs)
+    assert isinstance(got, plan.SendParts)
+    assert [r.number for r in got.ranges] == [2, 3] and got.adopt == ()
+
+
+def test_completion_uses_the_logged_checksums_when_the_listing_has_none() -> None:
+    s = _state(upload_started("a"), part_uploaded("a", 1), size_mib=5)
+    obs = plan.Observed(
+        head=True, staged="ok", parts=True, vault_parts=[Part(1, 5 * MIB, "", '"e1"')]
+    )
+    got = step(s, obs)
+    assert isinstance(got, plan.Complete)
+    assert got.parts == (Part(1, 5 * MIB, "q83vEjRWeJA=", '"e"'),)
+
+
 def test_a_part_whose_checksum_disagrees_with_the_log_is_sent_again() -> None:
     s = _state(upload_started("a"), part_uploaded("a", 1), size_mib=6)
     vault_parts = [Part(1, 5 * MIB, "something else"), Part(2, MIB, "y")]

@@ -26,8 +26,10 @@ Why each question is asked:
 * `ListParts` before continuing a multipart upload: the vault's list is the
   truth; a part the log records but the vault lacks is sent again; a part
   the vault holds but the log does not (sent, crash before its event) is
-  adopted if its size is right and its checksum agrees where the log has
-  one to compare; an upload id the vault no longer knows is `Forget`.
+  adopted if its size is right and the vault lists its checksum (completing
+  needs every part's checksum), else sent again; a part whose listed
+  checksum disagrees with the log's is sent again; an upload id the vault
+  no longer knows is `Forget`.
 """
 
 from __future__ import annotations
@@ -224,15 +226,21 @@ def next_step(
     for r in ranges:
         p = held.get(r.number)
         logged = a.parts.get(r.number)
-        ok = p is not None and p.size == r.length
-        if ok and p is not None and logged is not None and p.checksum and logged.checksum:
-            ok = p.checksum == logged.checksum
-        if not ok or p is None:
+        if p is None or p.size != r.length:
             missing.append(r)
-            continue
-        done.append(p)
-        if logged is None:
+        elif logged is not None:
+            if p.checksum and logged.checksum and p.checksum != logged.checksum:
+                missing.append(r)  # not the bytes the log confirmed
+            else:  # the log's checksum: listings often lack one (moto, SeaweedFS)
+                done.append(Part(r.number, r.length, logged.checksum, logged.etag or p.etag))
+        elif p.checksum:
+            done.append(p)
             adopt.append(p)
+        else:
+            # sent just before an interruption, unrecorded, and the vault lists
+            # no checksum to complete it with: sent again (at most the parts
+            # that were in flight)
+            missing.append(r)
     if missing:
         return SendParts(a.upload_id, tuple(missing), tuple(adopt))
     return Complete(a.upload_id, tuple(done), tuple(adopt))

@@ -170,6 +170,13 @@ def sample_events() -> list[ev.Event]:
     add(opened("s-0003", t + 23))
     add(ev.ArchiveStarted(at=t + 24, session="s-0003", archive="b1", index=0))
     add(ev.LogTailTruncated(at=t + 25, offset=1234, dropped=17))
+    add(ev.InventoryRequested(at=t + 25, vault="glacier://v", job="j1"))
+    add(ev.InventoryLost(at=t + 25, vault="glacier://v", job="j1", reason="expired"))
+    add(ev.InventoryRequested(at=t + 25, vault="glacier://v", job="j2"))
+    add(
+        ev.InventoryReceived(at=t + 26, vault="glacier://v", job="j2", archives=3, missing=1,
+                             unknown=0)
+    )  # fmt: skip
     add(ev.SessionPaused(at=t + 26, session="s-0003", reason="deadline"))
     add(ev.SessionAbandoned(at=t + 27, session="s-0003", reason="user asked"))
     return out

@@ -693,3 +693,14 @@ def test_a_lost_upload_is_sealed_again_and_forgets_its_parts() -> None:
     apply(s, upload_lost(A))
     a = s.archives[A]
     assert (a.state, a.upload_id, a.parts) == ("sealed", "", {})
+
+
+def test_an_inventory_job_is_received_once_and_only_after_it_was_requested() -> None:
+    got = ev.InventoryReceived(at=T0, vault="glacier://v", job="j", archives=0, missing=0,
+                               unknown=0)  # fmt: skip
+    with pytest.raises(IllegalTransition, match="unknown inventory job j"):
+        fold([got])
+    s = fold([ev.InventoryRequested(at=T0, vault="glacier://v", job="j"), got])
+    assert s.inventories["j"].state == "received"
+    with pytest.raises(IllegalTransition, match="receive"):
+        apply(s, got)

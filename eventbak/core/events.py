@@ -280,6 +280,35 @@ class ArchiveUploaded(_Base, frozen=True):
     storage_class: str = ""
 
 
+# -- vault inventories (Glacier) ------------------------------------------------
+
+
+class InventoryRequested(_Base, frozen=True):
+    """An inventory-retrieval job was started in a Glacier vault (`inspect
+    --from-vault`); its output is read on a later call, hours later on AWS."""
+
+    vault: str  # the vault's identity
+    job: str
+
+
+class InventoryReceived(_Base, frozen=True):
+    """The inventory job's output was read and compared with the log."""
+
+    vault: str
+    job: str
+    archives: int  # archives the inventory lists
+    missing: int  # uploaded in the log, absent from the inventory
+    unknown: int  # in the inventory, not in the log
+
+
+class InventoryLost(_Base, frozen=True):
+    """The vault no longer knows the job (expired after about a day) or it failed."""
+
+    vault: str
+    job: str
+    reason: str
+
+
 # -- the log itself ---------------------------------------------------------
 
 
@@ -315,6 +344,9 @@ _EVERY_OTHER_EVENT = (
     | PartUploaded
     | UploadLost
     | ArchiveUploaded
+    | InventoryRequested
+    | InventoryReceived
+    | InventoryLost
     | OrphanRemoved
     | LogTailTruncated
 )

@@ -29,6 +29,10 @@ Two lifecycles, each a `transitions` state machine declared as a table:
   staging. What to do next in each state, given what the vault reports, is
   decided by core/plan.py, not here.
 
+* An **inventory** job of a Glacier vault is `requested` when started and
+  `received` once its output was read and compared with the log, or `lost`
+  when the vault no longer knows it (or it failed).
+
 Each event names one trigger of one machine (`_TRIGGERS`). An event that is
 illegal in the current state raises `IllegalTransition`: that is a bug or a
 damaged log, never something to skip.
@@ -68,6 +72,13 @@ ARCHIVE_TABLE: list[tuple[str, str | list[str], str]] = [
     ("lose_upload", "uploading", "sealed"),
     ("confirm_upload", "uploading", "uploaded"),
     ("discard", ["building", "sealed", "uploading"], "discarded"),
+]
+
+INVENTORY_STATES = ["new", "requested", "received", "lost"]
+INVENTORY_TABLE: list[tuple[str, str | list[str], str]] = [
+    ("request", "new", "requested"),
+    ("receive", "requested", "received"),
+    ("lose", "requested", "lost"),
 ]
 
 SESSION_FINAL = frozenset({"completed", "failed", "abandoned"})
@@ -122,6 +133,7 @@ class Lifecycle:
 
 SESSION_MACHINE = Lifecycle("session", SESSION_STATES, SESSION_TABLE)
 ARCHIVE_MACHINE = Lifecycle("archive", ARCHIVE_STATES, ARCHIVE_TABLE)
+INVENTORY_MACHINE = Lifecycle("inventory", INVENTORY_STATES, INVENTORY_TABLE)
 
 
 @dataclass
@@ -206,9 +218,23 @@ class ArchiveState:
 
 
 @dataclass
+class InventoryState:
+    job: str
+    vault: str
+    requested_at: float
+    state: str = "new"
+    received_at: float = 0.0
+    archives: int = 0
+    missing: int = 0
+    unknown: int = 0
+    reason: str = ""
+
+
+@dataclass
 class State:
     sessions: dict[str, SessionState] = field(default_factory=dict)
     archives: dict[str, ArchiveState] = field(default_factory=dict)
+    inventories: dict[str, InventoryState] = field(default_factory=dict)
     seq: int = 0
     truncations: list[tuple[int, int]] = field(default_factory=list)
     orphans: list[tuple[str, str]] = field(default_factory=list)
@@ -413,6 +439,37 @@ def _uploaded(state: State, e: ev.ArchiveUploaded, offset: int = -1) -> None:
     s.bytes_uploaded += e.size
 
 
+def _inventory(state: State, e: ev.Event, job: str) -> InventoryState:
+    try:
+        return state.inventories[job]
+    except KeyError:
+        raise IllegalTransition(f"unknown inventory job {job}", "absent", "-", e) from None
+
+
+def _step_inventory(i: InventoryState, trigger: str, e: ev.Event) -> None:
+    i.state = INVENTORY_MACHINE.step(f"inventory {i.job}", i.state, trigger, e)
+
+
+def _inventory_requested(state: State, e: ev.InventoryRequested, offset: int = -1) -> None:
+    if e.job in state.inventories:
+        raise IllegalTransition(f"inventory {e.job}", "exists", "request", e)
+    i = InventoryState(job=e.job, vault=e.vault, requested_at=e.at)
+    _step_inventory(i, "request", e)
+    state.inventories[e.job] = i
+
+
+def _inventory_received(state: State, e: ev.InventoryReceived, offset: int = -1) -> None:
+    i = _inventory(state, e, e.job)
+    _step_inventory(i, "receive", e)
+    i.received_at, i.archives, i.missing, i.unknown = e.at, e.archives, e.missing, e.unknown
+
+
+def _inventory_lost(state: State, e: ev.InventoryLost, offset: int = -1) -> None:
+    i = _inventory(state, e, e.job)
+    _step_inventory(i, "lose", e)
+    i.reason = e.reason
+
+
 def _truncated(state: State, e: Any, offset: int = -1) -> None:
     state.truncations.append((e.offset, e.dropped))
 
@@ -439,6 +496,9 @@ _HANDLERS: dict[type, Any] = {
     ev.PartUploaded: _part_uploaded,
     ev.UploadLost: _upload_lost,
     ev.ArchiveUploaded: _uploaded,
+    ev.InventoryRequested: _inventory_requested,
+    ev.InventoryReceived: _inventory_received,
+    ev.InventoryLost: _inventory_lost,
     ev.OrphanRemoved: _orphan,
     ev.LogTailTruncated: _truncated,
 }
@@ -455,7 +515,7 @@ def fold(events: list[ev.Event], state: State | None = None) -> State:
 def describe_machines() -> str:
     """The lifecycle tables as text (for docs and `eventbak replay --machines`)."""
     lines: list[str] = []
-    for lc in (SESSION_MACHINE, ARCHIVE_MACHINE):
+    for lc in (SESSION_MACHINE, ARCHIVE_MACHINE, INVENTORY_MACHINE):
         lines.append(f"{lc.name}: states {', '.join(lc.states)}")
         for trigger, src, dst in lc.table:
             srcs = src if isinstance(src, str) else " | ".join(src)

@@ -1,0 +1,138 @@
+"""Backups into a Glacier vault on a real moto server over HTTP: archives go up
+whole (UploadArchive with the tree hash), and `inspect --from-vault` runs an
+inventory job recorded in the log and compares it with the log.
+
+The backups run in-process, not as `eventbak backup` subprocesses: moto
+returns a plain SHA-256 where AWS returns the tree hash, so the vault is the
+test's `MotoGlacierVault`, which accepts exactly that (eventbak's own vault
+keeps AWS's behaviour and would refuse moto's receipt)."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from eventbak import inventory
+from eventbak.config import Compression
+from eventbak.core import events as ev
+from eventbak.pipeline.coordinator import BackupRequest, run_backup
+from eventbak.pipeline.scanner import normalize_roots
+from eventbak.statedir import StateDir, read_state
+from eventbak.vaults.url import parse_vault
+from tests import servers
+from tests.test_glacier_vault import MotoGlacierVault, new_name
+
+pytestmark = pytest.mark.slow
+
+MIB = 1 << 20
+
+
+def make_tree(root: Path) -> None:
+    rng = random.Random(5)
+    (root / "a").mkdir(parents=True)
+    for i in range(5):
+        (root / "a" / f"photo{i}.jpg").write_bytes(rng.randbytes(700_000 + i))
+    (root / "b.txt").write_bytes(b"secret-plan.txt is not a name Glacier may see\n" * 2000)
+    (root / "big.bin").write_bytes(rng.randbytes(3 * MIB))
+
+
+def glacier_url(server: servers.Server, name: str) -> str:
+    return f"glacier://{name}?endpoint_url={server.endpoint_url}&region=us-east-1"
+
+
+def backup(state: Path, url: str, src: Path) -> Any:
+    req = BackupRequest(
+        dataset="glacier", paths=normalize_roots([os.fsencode(src)]), vault_url=url,
+        archive_size=1 * MIB, compression=Compression("auto"), exclude=[],
+    )  # fmt: skip
+    sd = StateDir.open(state)
+    vault = MotoGlacierVault(parse_vault(url))
+    try:
+        return trio.run(run_backup, sd, req, vault, None)
+    finally:
+        vault.close()
+        sd.close()
+
+
+@pytest.fixture
+def backed_up(moto_server: servers.Server, tmp_path: Path) -> tuple[Path, str, Path]:
+    src = tmp_path / "src"
+    make_tree(src)
+    url = glacier_url(moto_server, new_name())
+    outcome = backup(tmp_path / "state", url, src)
+    assert outcome.state == "completed"
+    return tmp_path / "state", url, src
+
+
+def test_backup_to_glacier_records_archive_ids_and_tree_hashes(
+    backed_up: tuple[Path, str, Path], moto_server: servers.Server
+) -> None:
+    state, url, _ = backed_up
+    st, image = read_state(state)
+    uploaded = [a for a in st.archives.values() if a.state == "uploaded"]
+    assert len(uploaded) >= 5  # 1 MiB archives of a ~7 MB tree, big.bin split
+    for a in uploaded:
+        assert len(a.key) == 32 and "/" not in a.key  # the archive id moto chose (its MD5)
+        assert a.checksum  # moto's "tree hash" (a plain SHA-256: see the module docstring)
+    assert st.sessions[uploaded[0].session].vault == f"glacier://{parse_vault(url).name}"
+    # whole-archive resume: no part events for Glacier
+    assert not any(isinstance(r.event, ev.PartUploaded) for r in image.records)
+
+
+def test_inspect_from_vault_starts_an_inventory_job_then_reconciles_it(
+    backed_up: tuple[Path, str, Path], moto_glacier: tuple[str, Any]
+) -> None:
+    state, url, _ = backed_up
+    vault = MotoGlacierVault(parse_vault(url))
+    sd = StateDir.open(state)
+    try:
+        first = inventory.check(sd, vault)
+        assert first.status == "started"
+        assert sd.state.inventories[first.job].state == "requested"
+        waits: list[str] = []
+        done = inventory.check(
+            sd, vault, wait=True, poll=0.5, on_wait=lambda r: waits.append(r.status)
+        )
+        assert done.status == "received" and done.job == first.job
+        assert waits and set(waits) == {"running"}  # moto takes ~5 s: it waited
+        st = sd.state
+        uploaded = [a for a in st.archives.values() if a.state == "uploaded"]
+        assert done.archives == len(uploaded)
+        assert done.missing == [] and done.unknown == []
+        assert st.inventories[first.job].state == "received"
+        # an archive of ours the log never recorded (a response lost at the end
+        # of an upload) and one of someone else's
+        sid = next(iter(st.sessions))
+        _, client = moto_glacier
+        for key in (f"archives/{sid}/{sid}-000099.tar.zst", "not/ours"):
+            desc = json.dumps({"eventbak": 1, "key": key}, separators=(",", ":"))
+            client.upload_archive(
+                vaultName=vault.name, archiveDescription=desc, body=os.urandom(100 + len(key))
+            )
+        again = inventory.check(sd, vault, wait=True, poll=0.5)
+        assert again.job != first.job
+        assert sorted(u.ours for u in again.unknown) == [False, True]
+    finally:
+        vault.close()
+        sd.close()
+    # the descriptions name ids only, never a file of the tree
+    inventory_text = json.dumps([u.description_key for u in again.unknown])
+    assert ".txt" not in inventory_text and "photo" not in inventory_text
+
+
+def test_from_vault_on_an_s3_vault_is_a_clear_usage_error(tmp_path: Path) -> None:
+    sd = StateDir.open(tmp_path / "state")
+    try:
+        from eventbak.errors import UsageError
+        from eventbak.vaults import open_vault
+
+        with pytest.raises(UsageError, match="glacier://"):
+            inventory.check(sd, open_vault("s3://bkp/x"))
+    finally:
+        sd.close()

@@ -1,42 +1,89 @@
-"""Restore: plan from the catalog (the folded log), fetch, verify, extract.
+"""Restore: plan from the catalog (the folded log), thaw, fetch, verify, extract.
 
 A restore picks one session (the latest completed one unless `--session`),
 selects the members matching the given paths or globs, and extracts them
-archive by archive. Every archive is checked against the SHA-256 its upload
-event recorded before a byte of it is used. Each entry lands at its
-original absolute path below the target directory. Metadata comes from the
-catalog (nanosecond mtimes, modes, and owners when running as root);
-directory mtimes are set last, deepest first.
+archive by archive. Each entry lands at its original absolute path below the
+target directory. Metadata comes from the catalog (nanosecond mtimes, modes,
+and owners when running as root); directory mtimes are set last, deepest
+first.
+
+The steps, in order:
+
+* **plan** (`plan_restore`): which members of which archives; only the
+  archives that hold the selected paths are touched at all.
+* **vaults**: each archive's vault identity (`ref`) is turned into an opened
+  vault by the caller's `vault_for` (the CLI's `VaultResolver`: `--vault`,
+  then the config, then the log's latest URL for that vault), once per vault.
+* **thaw** (`thaw`): S3 objects in a frozen class (GLACIER, DEEP_ARCHIVE) get
+  a RestoreObject and are polled with `head` until readable; Glacier vault
+  archives get an archive-retrieval job each, polled with `job_status`. The
+  decisions are pure (`thaw_action`, `job_action`) so that a resumable
+  restore job can reuse them with its own log.
+* **fetch and verify**: each archive is read from the vault exactly once.
+  The bytes are hashed (SHA-256, and counted) as they stream into zstd and
+  tar; once tar has given what the plan needs, the rest of the object is read
+  to its end, still hashing, and size and digest are compared with the log.
+* **extract**: files, symlinks and split files' segments are written under
+  temporary names in their destination directory (`.NAME.eventbak-TOKEN-N`,
+  O_EXCL | O_NOFOLLOW, 0600), metadata applied to the temporary file, and
+  renamed to their final names only after their archive verified. A file
+  split across archives collects its segments in one temporary file, renamed
+  once the archive holding its last segment verified.
+
+What a failure leaves: a damaged or unreadable archive stops the restore with
+one line naming it ("archive ID in VAULT is damaged: sha256 X, expected Y",
+or "... cannot be read: ..."). The archives before it are restored (their
+files are under their final names); every temporary file is removed, so
+nothing of the failed archive, and no split file that was still being joined,
+looks restored. Directories created for the plan stay: an empty directory is
+not data. With `overwrite`, an existing file is replaced by a rename, so it
+is either the old file or the restored one, never half of either. Any other
+failure (a full disk, a directory in the way of a file, Ctrl-C) also removes
+every temporary file; files already renamed (verified bytes) stay. Only a
+kill that allows no clean-up (SIGKILL, power loss) can leave temporary files:
+hidden names ending in `.eventbak-TOKEN-N`, never a final name.
 
 Safety: every destination is checked to stay below the target directory
-without passing through a symlink, existing files are never replaced
-without `overwrite`, and files are created with O_EXCL | O_NOFOLLOW.
+without passing through a symlink; without `overwrite` existing files are
+refused before anything is read, and a file that appears at a final name
+meanwhile is not replaced either (renameat2 with RENAME_NOREPLACE, which
+fails if the final name exists; where the system or filesystem lacks it, a
+check right before the rename). Paths come from the catalog only: a tar
+member's name is used to find the member, never as a destination.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import errno
 import hashlib
+import io
 import os
 import re
+import secrets
 import stat
 import tarfile
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import IO
+from typing import IO, BinaryIO, Literal, Protocol, runtime_checkable
 
+import msgspec
 import zstandard
 
 from eventbak import archive as ar
 from eventbak.core import events as ev
 from eventbak.core.state import ArchiveState, SessionState, State
-from eventbak.errors import EventbakError, UsageError, VaultError
+from eventbak.errors import EventbakError, UsageError, VaultError, VaultUnreachable
 from eventbak.statedir import members
-from eventbak.vaults import Vault, open_vault
+from eventbak.vaults import Vault, open_vault, parse_vault
+from eventbak.vaults.base import Held, Tier
+from eventbak.vaults.url import FROZEN_CLASSES
 
 _CHUNK = 1024 * 1024
 #: Whole files up to this size are read into memory and written by a thread.
@@ -194,6 +241,9 @@ def plan_restore(state: State, root: Path, patterns: list[bytes], session: str |
         archives[a.id] = a
         work.setdefault(a.id, {}).setdefault(name, []).append(Item(m, dest_path))
 
+    # links whose first link is not restored: the first of them gets the data,
+    # the others link to it (one tar member is read once)
+    stand_in: dict[bytes, bytes] = {}
     for path, found in selected.items():
         for a, m in found:
             dest = path.lstrip(b"/")
@@ -203,8 +253,12 @@ def plan_restore(state: State, root: Path, patterns: list[bytes], session: str |
             if m.kind == "hardlink":
                 if m.target in selected:
                     plan.links.append(Item(m, dest))
-                else:  # the first link is not restored: give this one the data
-                    for ta, tm in files_by_path.get(m.target, []):
+                elif m.target in stand_in:
+                    linked = msgspec.structs.replace(m, target=stand_in[m.target])
+                    plan.links.append(Item(linked, dest))
+                elif m.target in files_by_path:
+                    stand_in[m.target] = path
+                    for ta, tm in files_by_path[m.target]:
                         add(ta, tm, dest)
                 plan.count += 1
                 continue
@@ -219,11 +273,535 @@ def plan_restore(state: State, root: Path, patterns: list[bytes], session: str |
     return plan
 
 
-def _lexists_not_dir(path: bytes) -> bool:
+# -- vaults ---------------------------------------------------------------------
+
+#: An archive's vault identity (`ArchiveState.vault`) -> that vault, opened.
+VaultFor = Callable[[str], Vault]
+
+
+class VaultResolver:
+    """Opens the vault of each identity (`ref`) once, from the most specific
+    URL known for it: `--vault URL` (which must name that very vault), else a
+    configured vault with that ref (with its table's option keys), else the
+    URL of the latest run of a session in that vault (the log keeps its
+    options, such as `endpoint_url`), else the ref itself. `close` closes what
+    it opened."""
+
+    def __init__(
+        self,
+        state: State,
+        override: str | None = None,
+        configured: Iterable[tuple[str, Mapping[str, object]]] = (),
+        opener: Callable[[str, Mapping[str, object]], Vault] = open_vault,
+    ) -> None:
+        self._state = state
+        self._override = override
+        self._override_ref = parse_vault(override).ref if override else ""
+        self._configured = list(configured)
+        self._opener = opener
+        self._opened: dict[str, Vault] = {}
+
+    def url_for(self, ref: str) -> tuple[str, Mapping[str, object]]:
+        if self._override:
+            if self._override_ref != ref:
+                raise UsageError(
+                    f"--vault {self._override} is the vault {self._override_ref}, "
+                    f"but the archives to restore are in {ref}"
+                )
+            return self._override, {}
+        for url, options in self._configured:
+            if parse_vault(url, options).ref == ref:
+                return url, options
+        runs = [s for s in self._state.sessions.values() if s.vault == ref and s.vault_url]
+        if runs:
+            return max(runs, key=lambda s: s.updated_at).vault_url, {}
+        return ref, {}
+
+    def __call__(self, ref: str) -> Vault:
+        vault = self._opened.get(ref)
+        if vault is None:
+            url, options = self.url_for(ref)
+            vault = self._opened[ref] = self._opener(url, options)
+        return vault
+
+    def close(self) -> None:
+        opened, self._opened = self._opened, {}
+        for vault in opened.values():
+            vault.close()
+
+    def __enter__(self) -> VaultResolver:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# -- thaw -----------------------------------------------------------------------
+
+
+@runtime_checkable
+class RetrievalVault(Protocol):
+    """A vault whose archives are read through retrieval jobs (the Glacier
+    vault API): start one per archive, poll it, read its output once."""
+
+    def start_retrieval(self, archive_id: str, tier: Tier) -> str: ...
+
+    def job_status(self, job_id: str) -> str: ...
+
+    def open_job_output(self, job_id: str) -> BinaryIO: ...
+
+
+ThawAction = Literal["request", "wait", "read", "missing"]
+JobAction = Literal["wait", "read", "failed"]
+
+
+def thaw_action(held: Held | None) -> ThawAction:
+    """What to do next about an object in a frozen class, given its `head`."""
+    if held is None:
+        return "missing"
+    if held.thaw == "frozen":
+        return "request"
+    if held.thaw == "thawing":
+        return "wait"
+    return "read"
+
+
+def job_action(status: str) -> JobAction:
+    """What to do next about a retrieval job, given its status."""
+    if status == "Succeeded":
+        return "read"
+    if status == "InProgress":
+        return "wait"
+    return "failed"
+
+
+def _is_glacier(a: ArchiveState) -> bool:
+    return a.vault.startswith("glacier://")
+
+
+@dataclass
+class Fetch:
+    """How one archive is read: straight from its vault (`open`), after an S3
+    thaw (`thaw`), or from a retrieval job's output (`job`)."""
+
+    archive: ArchiveState
+    vault: Vault
+    how: Literal["open", "thaw", "job"] = "open"
+    job_id: str = ""
+    ready: bool = True
+    requests: int = 0  # thaws asked for (again if the object froze again)
+
+    def open(self) -> BinaryIO:
+        if self.how == "job":
+            assert isinstance(self.vault, RetrievalVault)
+            return self.vault.open_job_output(self.job_id)
+        return self.vault.open(self.archive.key)
+
+
+def fetches_for(archives: list[ArchiveState], vaults: Mapping[str, Vault]) -> list[Fetch]:
+    out = []
+    for a in archives:
+        vault = vaults[a.vault]
+        if _is_glacier(a):
+            if not isinstance(vault, RetrievalVault):
+                raise VaultError(f"vault {a.vault} cannot start retrieval jobs to read archives")
+            out.append(Fetch(a, vault, "job", ready=False))
+        elif a.storage_class in FROZEN_CLASSES:
+            out.append(Fetch(a, vault, "thaw", ready=False))
+        else:
+            out.append(Fetch(a, vault))
+    return out
+
+
+TIERS: dict[str, Tier] = {"standard": "Standard", "bulk": "Bulk", "expedited": "Expedited"}
+
+
+def parse_tier(name: str) -> Tier:
     try:
-        return not stat.S_ISDIR(os.lstat(path).st_mode)
-    except FileNotFoundError:
+        return TIERS[name.lower()]
+    except KeyError:
+        raise UsageError(f"--tier {name}: use Standard, Bulk or Expedited") from None
+
+
+def check_tier(archives: list[ArchiveState], tier: Tier) -> None:
+    """Deep Archive thaws with Standard or Bulk only: refuse before asking."""
+    if tier != "Expedited":
+        return
+    deep = [a for a in archives if a.storage_class == "DEEP_ARCHIVE" and not _is_glacier(a)]
+    if deep:
+        raise UsageError(
+            f"--tier Expedited: {len(deep)} of the archives to restore are in DEEP_ARCHIVE "
+            f"(first: {deep[0].id}), which thaws with --tier Standard or Bulk only"
+        )
+
+
+@dataclass(frozen=True)
+class ThawOptions:
+    tier: Tier = "Standard"
+    days: int = 7  # how long S3 keeps the readable copy
+    poll: float = 60.0  # seconds between rounds of `head` / `job_status`
+    wait: bool = True
+
+
+#: A progress line while nothing changes, at most this often (seconds).
+_HEARTBEAT = 600.0
+#: An object that is frozen again after this many requests is an error.
+_MAX_REQUESTS = 3
+#: Rounds of polling in a row that may fail to reach the vault.
+_UNREACHABLE_ROUNDS = 5
+
+
+def thaw(
+    fetches: list[Fetch],
+    opts: ThawOptions,
+    report: Callable[[str], None],
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+) -> int:
+    """Make the archives of `fetches` readable: ask S3 to thaw what is frozen
+    (what already thaws is waited for, not asked again), start a retrieval
+    job per Glacier archive, say what was asked, then poll every `opts.poll`
+    seconds until all are ready. Returns how many are not ready: 0, unless
+    `opts.wait` is off and something is still cold."""
+    cold = [f for f in fetches if f.how != "open"]
+    if not cold:
+        return 0
+    requested: dict[str, list[Fetch]] = {}
+    thawing = 0
+    for f in cold:
+        a = f.archive
+        if f.how == "job":
+            assert isinstance(f.vault, RetrievalVault)
+            f.job_id = f.vault.start_retrieval(a.key, opts.tier)
+            report(f"started Glacier retrieval job {f.job_id} ({opts.tier}) for archive {a.id}")
+            continue
+        action = _head(f)
+        if action == "request":
+            f.vault.request_thaw(a.key, opts.tier, opts.days)
+            f.requests += 1
+            requested.setdefault(a.vault, []).append(f)
+        elif action == "wait":
+            thawing += 1
+        else:
+            f.ready = True
+    for ref, asked in requested.items():
+        size = _size_text(sum(f.archive.size for f in asked))
+        report(
+            f"requested a thaw of {len(asked)} archive{_s(len(asked))} ({size}) in {ref}: "
+            f"tier {opts.tier}, readable for {opts.days} day{_s(opts.days)}"
+        )
+    if thawing:
+        report(f"{thawing} archive{_s(thawing)} thawing already (requested before)")
+    pending = [f for f in cold if not f.ready]
+    if not pending:
+        return 0
+    if not opts.wait:
+        report(
+            f"not waiting (--no-wait): {len(pending)} of {len(cold)} archives are not "
+            "readable yet; run the same restore again later"
+        )
+        if any(f.how == "job" for f in pending):
+            report(
+                "note: retrieval jobs are not recorded yet, so running restore again "
+                "starts (and pays for) new jobs"
+            )
+        return len(pending)
+    report(f"waiting for {len(pending)} of {len(cold)} archives (checking every {opts.poll:g} s)")
+    started = last = clock()
+    shown = len(cold) - len(pending)
+    failing = 0
+    while pending:
+        sleep(opts.poll)
+        try:
+            for f in pending:
+                _poll(f, opts, report)
+            failing = 0
+        except VaultUnreachable as exc:
+            # a wait of hours outlives a network hiccup; what was asked stays asked
+            failing += 1
+            if failing > _UNREACHABLE_ROUNDS:
+                raise
+            report(f"cannot check on the thaws now (will try again): {exc}")
+        pending = [f for f in pending if not f.ready]
+        ready, now = len(cold) - len(pending), clock()
+        if ready != shown or now - last >= _HEARTBEAT:
+            report(f"{ready} of {len(cold)} archives ready ({_duration(now - started)})")
+            shown, last = ready, now
+    return 0
+
+
+def _head(f: Fetch) -> ThawAction:
+    action = thaw_action(f.vault.head(f.archive.key))
+    if action == "missing":
+        raise VaultError(f"archive {f.archive.id} is missing from {f.archive.vault}")
+    return action
+
+
+def _poll(f: Fetch, opts: ThawOptions, report: Callable[[str], None]) -> None:
+    a = f.archive
+    if f.how == "job":
+        assert isinstance(f.vault, RetrievalVault)
+        job = job_action(f.vault.job_status(f.job_id))
+        if job == "failed":
+            raise VaultError(f"Glacier retrieval job {f.job_id} for archive {a.id} failed")
+        f.ready = job == "read"
+        return
+    action = _head(f)
+    if action == "request":  # the thaw we asked for is gone (expired, or lost)
+        if f.requests >= _MAX_REQUESTS:
+            raise VaultError(
+                f"archive {a.id} in {a.vault} is still frozen after {f.requests} thaw requests"
+            )
+        f.vault.request_thaw(a.key, opts.tier, opts.days)
+        f.requests += 1
+        report(f"archive {a.id} is frozen again: requested another thaw")
+    f.ready = action == "read"
+
+
+def _s(n: int) -> str:
+    return "" if n == 1 else "s"
+
+
+def _size_text(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024:
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} TiB"
+
+
+def _duration(seconds: float) -> str:
+    s = int(seconds)
+    if s < 60:
+        return f"{seconds:.0f} s"
+    if s < 3600:
+        return f"{s // 60} min"
+    return f"{s // 3600} h {s % 3600 // 60:02d} min"
+
+
+# -- fetch and verify -------------------------------------------------------------
+
+#: How much of an object is read at a time once tar has what it needs.
+_DRAIN = 4 * _CHUNK
+
+
+class _Verifier(io.RawIOBase):
+    """The one read of an archive: every byte that the decoder takes from the
+    vault is counted and hashed on the way (hashing releases the GIL: the
+    writer threads go on meanwhile; a hashing thread of its own measured no
+    faster); `finish` reads the rest of the object, which the decoder did not
+    need, the same way."""
+
+    def __init__(self, source: BinaryIO, a: ArchiveState) -> None:
+        super().__init__()
+        self._source = source
+        self._archive = a
+        self._sha = hashlib.sha256()
+        self.count = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        data = self._read(len(buffer))
+        n = len(data)
+        memoryview(buffer).cast("B")[:n] = data
+        return n
+
+    def read(self, size: int | None = -1) -> bytes:
+        """Without the copy of `readinto` (zstd reads this way)."""
+        if size is None or size < 0:
+            return b"".join(iter(partial(self._read, _DRAIN), b""))
+        return self._read(size)
+
+    def _read(self, n: int) -> bytes:
+        try:
+            data = self._source.read(n)
+        except OSError as exc:
+            a = self._archive
+            raise VaultError(
+                f"archive {a.id} in {a.vault} cannot be read: {exc.strerror or exc}"
+            ) from None
+        if data:
+            self.count += len(data)
+            self._sha.update(data)
+        return data
+
+    def finish(self) -> tuple[int, str]:
+        """(bytes, hex SHA-256) of the whole object."""
+        while self._read(_DRAIN):
+            pass
+        return self.count, self._sha.hexdigest()
+
+
+class _BadMember(Exception):
+    """The tar stream disagrees with the catalog (a member ends early, or has
+    another size); the digest says next whether the archive is damaged."""
+
+
+def _read_archive(
+    f: Fetch,
+    wanted: dict[bytes, list[Item]],
+    ex: _Extractor,
+    writers: _Writers,
+) -> None:
+    """Extract the wanted members of one archive to temporary names while
+    reading it once, then check its size and SHA-256 (VaultError if wrong).
+    Decoding problems are reported only once the digest is known: a damaged
+    archive is called damaged, whatever the decoder made of it."""
+    a = f.archive
+    source = f.open()
+    problem = ""
+    left = sum(len(items) for items in wanted.values())
+    try:
+        check = _Verifier(source, a)
+        try:
+            left = _extract(a, check, wanted, ex, writers, left)
+        except (tarfile.TarError, zstandard.ZstdError, EOFError, _BadMember) as exc:
+            problem = str(exc) or type(exc).__name__
+        size, digest = check.finish()
+    finally:
+        source.close()
+    if digest != a.sha256 or size != a.size:
+        sizes = f" ({size} bytes, expected {a.size})" if size != a.size else ""
+        raise VaultError(
+            f"archive {a.id} in {a.vault} is damaged: sha256 {digest}, expected {a.sha256}{sizes}"
+        )
+    if problem:
+        raise VaultError(f"archive {a.id} in {a.vault} cannot be read: {problem}")
+    if left:
+        raise VaultError(f"archive {a.id} in {a.vault} lacks {left} members its catalog lists")
+
+
+def _extract(
+    a: ArchiveState,
+    source: _Verifier,
+    wanted: dict[bytes, list[Item]],
+    ex: _Extractor,
+    writers: _Writers,
+    left: int,
+) -> int:
+    """The tar loop; returns how many wanted members it did not find."""
+    stream: IO[bytes]
+    if a.compression != "none":
+        stream = zstandard.ZstdDecompressor().stream_reader(
+            source,  # type: ignore[arg-type]
+            read_size=_CHUNK,
+            read_across_frames=True,
+        )
+    else:  # tar reads 10 KiB at a time
+        stream = io.BufferedReader(source, _CHUNK)
+    with tarfile.open(fileobj=stream, mode="r|", errorlevel=2) as tf:
+        for ti in tf:
+            items = wanted.get(ti.name.encode("utf-8", "surrogateescape"))
+            if not items:
+                continue
+            for item in items:
+                m = item.member
+                if m.kind == "file":
+                    if ti.size != m.length:
+                        raise _BadMember(
+                            f"member {ev.show_path(m.path)} holds {ti.size} bytes, "
+                            f"the catalog says {m.length}"
+                        )
+                    if not m.segmented and m.length <= _SMALL:
+                        data = tf.extractfile(ti)  # of ti.size == m.length bytes
+                        ex.write_small(item, data.read() if data else b"", writers)
+                    else:
+                        ex.write_file(item, tf.extractfile(ti), writers)
+                elif m.kind == "symlink":
+                    ex.symlink(item)
+                left -= 1
+            if left == 0:
+                break
+    return left
+
+
+# -- extract ----------------------------------------------------------------------
+
+
+def _parent(rel: bytes) -> bytes:
+    return rel[: rel.rfind(b"/") + 1]
+
+
+def _pwrite_all(fd: int, data: bytes, pos: int) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.pwrite(fd, view, pos)
+        view = view[n:]
+        pos += n
+
+
+def _create(path: bytes) -> int:
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    return os.open(path, flags, 0o600)
+
+
+def _load_renameat2() -> Callable[..., int] | None:
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):  # not glibc 2.28+ on Linux
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_RENAMEAT2 = _load_renameat2()
+_AT_FDCWD = -100
+_RENAME_NOREPLACE = 1
+
+
+def _rename_noreplace(src: bytes, dst: bytes) -> bool:
+    """Rename unless `dst` exists (FileExistsError then); False if the system
+    or the filesystem cannot do that atomically."""
+    if _RENAMEAT2 is None:
         return False
+    if _RENAMEAT2(_AT_FDCWD, src, _AT_FDCWD, dst, _RENAME_NOREPLACE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), dst)
+
+
+def _unlink_quietly(path: bytes) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(path)
+
+
+_TEMP = re.compile(rb"\A\.(.*)\.eventbak-[0-9a-f]+-[0-9]+\Z", re.DOTALL)
+
+
+def _shown(path: object) -> str:
+    """A path for a message: a temporary name shown as the name it stands for."""
+    if path is None:
+        return "?"
+    raw = os.fsencode(path) if isinstance(path, (str, bytes)) else str(path).encode()
+    parent, _, name = raw.rpartition(b"/")
+    temp = _TEMP.match(name)
+    if temp:
+        raw = parent + b"/" + temp.group(1)
+    return ev.show_path(raw)
+
+
+@dataclass
+class _Staged:
+    """An entry written under a temporary name, waiting for its archive to verify."""
+
+    tmp: bytes
+    dest: bytes
+    key: bytes  # its directory: the writer thread that owns it
+
+
+@dataclass
+class _Split:
+    """A file split across archives, joined in one temporary file."""
+
+    staged: _Staged
+    member: ev.Member
+    complete: bool = False  # its last segment is written (renamed once that archive verified)
 
 
 class _Extractor:
@@ -231,10 +809,16 @@ class _Extractor:
         self.to = os.fsencode(to.resolve())
         self.overwrite = overwrite
         self.safe_dirs: set[bytes] = {self.to}
-        self.segments: dict[bytes, ev.Member] = {}
         self.root = os.geteuid() == 0
         self.files = 0
         self.bytes = 0
+        self._token = secrets.token_hex(6).encode()
+        self._serial = 0
+        self._noreplace = _RENAMEAT2 is not None
+        self.staged: list[_Staged] = []  # of the archive being read
+        self.committing: list[_Staged] = []  # renames queued, not yet confirmed
+        self.splits: dict[bytes, _Split] = {}  # dest -> split file being joined
+        self.dropped: set[bytes] = set()  # split files left out (incomplete)
 
     def dest(self, rel: bytes) -> bytes:
         if not rel or any(part in (b"..",) for part in rel.split(b"/")):
@@ -269,107 +853,203 @@ class _Extractor:
                 ) from None
         self.safe_dirs.add(dest)
 
-    def _open_new(self, dest: bytes) -> int:
-        flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
-        if self.overwrite:
-            try:
-                if not stat.S_ISREG(os.lstat(dest).st_mode):
-                    os.unlink(dest)  # a symlink (never followed) or other non-file
-            except FileNotFoundError:
-                pass
-            except IsADirectoryError:
-                raise EventbakError(
-                    f"cannot restore file {ev.show_path(dest)}: a directory is in the way"
-                ) from None
-            return os.open(dest, flags | os.O_TRUNC, 0o600)
-        return os.open(dest, flags | os.O_EXCL, 0o600)
+    def _temp(self, dest: bytes) -> bytes:
+        parent, _, name = dest.rpartition(b"/")
+        self._serial += 1
+        suffix = b".eventbak-%s-%d" % (self._token, self._serial)
+        # a name of NAME_MAX bytes must still get a temporary name that fits
+        return b"%s/.%s%s" % (parent, name[: 254 - len(suffix)], suffix)
+
+    def _stage(self, item: Item) -> _Staged:
+        dest = self.dest(item.dest)
+        self.parent_ok(dest)
+        s = _Staged(self._temp(dest), dest, _parent(item.dest))
+        self.staged.append(s)
+        return s
+
+    # -- while an archive is read (main thread; writes queued per directory) ----
+
+    def write_small(self, item: Item, data: bytes, writers: _Writers) -> None:
+        m = item.member
+        if len(data) != m.length:
+            raise _BadMember(f"archive ends inside {ev.show_path(m.path)}")
+        s = self._stage(item)
+        writers.submit(s.key, partial(self._write_whole, s.tmp, data, m), len(data))
+        self.files += 1
+        self.bytes += m.length
 
     def write_file(self, item: Item, data: IO[bytes] | None, writers: _Writers) -> None:
         """A file read from the archive in chunks here; the writes, then the
-        metadata and the close, run in order in its directory's writer thread."""
+        metadata and the close, run in order in its directory's writer thread.
+        A segment goes into its file's one temporary file, at its offset."""
         m = item.member
-        dest = self.dest(item.dest)
-        self.parent_ok(dest)
         if m.segmented:
-            if dest not in self.segments:
-                os.close(self._open_new(dest))
-                self.segments[dest] = m
-            fd = os.open(dest, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-            pos = m.offset
+            dest = self.dest(item.dest)
+            split = self.splits.get(dest)
+            if split is None:
+                self.parent_ok(dest)
+                staged = _Staged(self._temp(dest), dest, _parent(item.dest))
+                os.close(_create(staged.tmp))
+                split = self.splits[dest] = _Split(staged, m)
+            fd = os.open(split.staged.tmp, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            pos, key = m.offset, split.staged.key
+            if m.offset + m.length >= m.size:
+                split.member, split.complete = m, True
         else:
-            fd = self._open_new(dest)
-            pos = 0
-        key = _parent(item.dest)
+            s = self._stage(item)
+            fd, pos, key = _create(s.tmp), 0, s.key
         try:
             left = m.length
             while left > 0 and data is not None:
                 chunk = data.read(min(_CHUNK, left))
                 if not chunk:
-                    raise EventbakError(f"archive ends inside {ev.show_path(m.path)}")
+                    raise _BadMember(f"archive ends inside {ev.show_path(m.path)}")
                 writers.submit(key, partial(_pwrite_all, fd, chunk, pos), len(chunk))
                 pos += len(chunk)
                 left -= len(chunk)
         finally:  # queued after the writes: the fd stays open until they ran
-            writers.submit(key, partial(self._close_file, fd, dest, m), 0)
+            writers.submit(key, partial(self._close_file, fd, m), 0)
         self.bytes += m.length
         if not m.segmented:
             self.files += 1
 
-    def _close_file(self, fd: int, dest: bytes, m: ev.Member) -> None:
-        try:
-            if not m.segmented:
-                self._finish_file(fd, dest, m)
-        finally:
-            os.close(fd)
-
-    def write_small(self, item: Item, data: bytes) -> None:
-        """A whole file already in memory (runs in a writer thread)."""
+    def symlink(self, item: Item) -> None:
         m = item.member
-        if len(data) != m.length:
-            raise EventbakError(f"archive ends inside {ev.show_path(m.path)}")
-        dest = self.dest(item.dest)
-        fd = self._open_new(dest)
+        s = self._stage(item)
+        os.symlink(m.target, s.tmp)
+        if self.root:
+            os.chown(s.tmp, m.uid, m.gid, follow_symlinks=False)
+        os.utime(s.tmp, ns=(m.mtime_ns, m.mtime_ns), follow_symlinks=False)
+        self.files += 1
+
+    # -- writer threads ---------------------------------------------------------
+
+    def _write_whole(self, tmp: bytes, data: bytes, m: ev.Member) -> None:
+        fd = _create(tmp)
         try:
             _pwrite_all(fd, data, 0)
-            self._finish_file(fd, dest, m)
+            self._finish_file(fd, m)
         finally:
             os.close(fd)
 
-    def _finish_file(self, fd: int, dest: bytes, m: ev.Member) -> None:
-        """Owner, mode and mtime (no counting here: writer threads call it)."""
+    def _close_file(self, fd: int, m: ev.Member) -> None:
+        try:
+            if not m.segmented:
+                self._finish_file(fd, m)
+        finally:
+            os.close(fd)
+
+    def _finish_file(self, fd: int, m: ev.Member) -> None:
+        """Owner, mode and mtime, on the temporary file (kept by the rename)."""
         if self.root:
             os.fchown(fd, m.uid, m.gid)
         os.fchmod(fd, m.mode)
         os.utime(fd, ns=(m.mtime_ns, m.mtime_ns))
 
-    def finish_segments(self) -> None:
-        for dest, m in self.segments.items():
-            fd = os.open(dest, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-            try:
-                os.ftruncate(fd, m.size)
-                self._finish_file(fd, dest, m)
+    def _finish_split(self, split: _Split) -> None:
+        m = split.member
+        fd = os.open(split.staged.tmp, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            os.ftruncate(fd, m.size)
+            self._finish_file(fd, m)
+        finally:
+            os.close(fd)
+        self._place(split.staged)
+
+    def _place_all(self, entries: list[_Staged]) -> None:
+        for s in entries:
+            self._place(s)
+
+    def _place(self, s: _Staged) -> None:
+        """The temporary name becomes the final one."""
+        try:
+            if self.overwrite:
+                os.rename(s.tmp, s.dest)  # atomic: the old file or the new one
+            else:
+                self._place_new(s)
+        except OSError as exc:
+            _unlink_quietly(s.tmp)
+            if exc.errno == errno.EISDIR or (exc.errno == errno.EEXIST and os.path.isdir(s.dest)):
+                raise EventbakError(
+                    f"cannot restore {ev.show_path(s.dest)}: a directory is in the way"
+                ) from None
+            if exc.errno == errno.EEXIST:
+                raise EventbakError(
+                    f"{ev.show_path(s.dest)} appeared while restoring and was not replaced "
+                    "(use --overwrite to replace it)"
+                ) from None
+            raise
+
+    def _place_new(self, s: _Staged) -> None:
+        # renameat2(RENAME_NOREPLACE) fails if the final name exists, so no file
+        # that appeared since the up-front check is replaced. Where the system
+        # or filesystem lacks it, a check right before the rename is the best
+        # there is.
+        if self._noreplace and _rename_noreplace(s.tmp, s.dest):
+            return
+        self._noreplace = False
+        if os.path.lexists(s.dest):
+            raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), s.dest)
+        os.rename(s.tmp, s.dest)
+
+    # -- once an archive verified, or failed -------------------------------------
+
+    def commit(self, writers: _Writers) -> None:
+        """Queue the renames of everything the archive just verified completed
+        (after the writes of its files: same directory, same thread), one task
+        per directory."""
+        by_dir: dict[bytes, list[_Staged]] = {}
+        for s in self.staged:
+            by_dir.setdefault(s.key, []).append(s)
+        for key, entries in by_dir.items():
+            writers.submit(key, partial(self._place_all, entries), 0)
+        self.committing.extend(self.staged)
+        self.staged = []
+        for dest, split in list(self.splits.items()):
+            if split.complete:
+                writers.submit(split.staged.key, partial(self._finish_split, split), 0)
+                self.committing.append(split.staged)
+                del self.splits[dest]
                 self.files += 1
-            finally:
-                os.close(fd)
 
-    def symlink(self, item: Item) -> None:
-        m = item.member
-        dest = self.dest(item.dest)
-        self.parent_ok(dest)
-        if self.overwrite and _lexists_not_dir(dest):
-            os.unlink(dest)
-        os.symlink(m.target, dest)
-        if self.root:
-            os.chown(dest, m.uid, m.gid, follow_symlinks=False)
-        os.utime(dest, ns=(m.mtime_ns, m.mtime_ns), follow_symlinks=False)
-        self.files += 1
+    def discard(self) -> None:
+        """After a failure, once no writer runs: remove every temporary file
+        (those whose rename ran are gone already)."""
+        for s in [*self.staged, *self.committing, *(sp.staged for sp in self.splits.values())]:
+            _unlink_quietly(s.tmp)
+        self.staged, self.committing, self.splits = [], [], {}
 
-    def hardlink(self, item: Item) -> None:
+    def drop_incomplete(self, warnings: list[str]) -> None:
+        """Split files whose later segments are in archives not uploaded: left
+        out (a file with a hole of zeros would look restored)."""
+        for dest, split in self.splits.items():
+            _unlink_quietly(split.staged.tmp)
+            self.dropped.add(dest)
+            warnings.append(
+                f"{ev.show_path(split.member.path)} is not restored: the rest of it is in "
+                "archives not uploaded"
+            )
+        self.splits = {}
+
+    # -- after every archive --------------------------------------------------------
+
+    def hardlink(self, item: Item, warnings: list[str]) -> None:
         dest = self.dest(item.dest)
+        target = self.dest(item.member.target.lstrip(b"/"))
+        if target in self.dropped:
+            warnings.append(f"{ev.show_path(item.member.path)} is not restored: its data is not")
+            return
         self.parent_ok(dest)
-        if self.overwrite and _lexists_not_dir(dest):
-            os.unlink(dest)
-        os.link(self.dest(item.member.target.lstrip(b"/")), dest, follow_symlinks=False)
+        if self.overwrite:
+            tmp = self._temp(dest)
+            os.link(target, tmp, follow_symlinks=False)
+            try:
+                os.rename(tmp, dest)
+            except OSError:
+                _unlink_quietly(tmp)
+                raise
+        else:
+            os.link(target, dest, follow_symlinks=False)
         self.files += 1
 
     def finish_dirs(self, dirs: list[Item]) -> None:
@@ -382,37 +1062,14 @@ class _Extractor:
             os.utime(dest, ns=(m.mtime_ns, m.mtime_ns))
 
 
-def verify_archive(vault: Vault, a: ArchiveState) -> None:
-    h = hashlib.sha256()
-    with vault.open(a.key) as f:
-        while chunk := f.read(4 * _CHUNK):
-            h.update(chunk)
-    if h.hexdigest() != a.sha256:
-        raise VaultError(
-            f"archive {a.id} in {a.vault} is damaged: sha256 {h.hexdigest()}, expected {a.sha256}"
-        )
-
-
-def _parent(rel: bytes) -> bytes:
-    return rel[: rel.rfind(b"/") + 1]
-
-
-def _pwrite_all(fd: int, data: bytes, pos: int) -> None:
-    view = memoryview(data)
-    while view:
-        n = os.pwrite(fd, view, pos)
-        view = view[n:]
-        pos += n
-
-
 class _Writers:
     """Files are created and written by a few threads: creating a file costs
     the kernel far more than it costs Python, and the threads overlap that
     and the reading of the archive (the GIL is released in open, write and
     close). Everything for one directory goes to the same thread, in order
     (`key`): creating files in one directory takes its lock, and threads
-    waiting for it spin on the CPU. At most `limit` tasks and `max_bytes`
-    of data wait in memory."""
+    waiting for it spin on the CPU; and a file's rename is queued behind its
+    writes. At most `limit` tasks and `max_bytes` of data wait in memory."""
 
     def __init__(self, workers: int = 4, limit: int = 256, max_bytes: int = 16 * _CHUNK) -> None:
         self._pools = [
@@ -446,49 +1103,16 @@ class _Writers:
             for pool in self._pools:
                 pool.shutdown(wait=True, cancel_futures=True)
 
+    def abort(self) -> None:
+        """After a failure: let every queued task run (the renames of archives
+        that verified among them), ignoring errors, and stop the threads."""
+        for pool in self._pools:
+            pool.shutdown(wait=True)
+        self._pending.clear()
+        self._bytes = 0
 
-def _extract_archive(
-    vault: Vault,
-    a: ArchiveState,
-    wanted: dict[bytes, list[Item]],
-    ex: _Extractor,
-    writers: _Writers,
-) -> None:
-    """Extract the wanted members of `a`, which the caller has verified."""
-    with vault.open(a.key) as raw:
-        stream = raw
-        if a.compression != "none":
-            stream = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)
-        try:
-            with tarfile.open(fileobj=stream, mode="r|", errorlevel=2) as tf:
-                left = sum(len(v) for v in wanted.values())
-                for ti in tf:
-                    items = wanted.get(ti.name.encode("utf-8", "surrogateescape"))
-                    if not items:
-                        continue
-                    for item in items:
-                        m = item.member
-                        if m.kind == "file" and not m.segmented and m.length <= _SMALL:
-                            f = tf.extractfile(ti)
-                            data = f.read() if f is not None else b""
-                            ex.parent_ok(ex.dest(item.dest))  # mkdirs stay in this thread
-                            writers.submit(
-                                _parent(item.dest), partial(ex.write_small, item, data), len(data)
-                            )
-                            ex.files += 1
-                            ex.bytes += m.length
-                        elif m.kind == "file":
-                            ex.write_file(item, tf.extractfile(ti), writers)
-                        elif m.kind == "symlink":
-                            ex.symlink(item)
-                        left -= 1
-                    if left == 0:
-                        break
-        except (tarfile.TarError, zstandard.ZstdError) as exc:
-            raise VaultError(f"archive {a.id} cannot be read: {exc}") from None
-    writers.drain()
-    if left:
-        raise VaultError(f"archive {a.id} lacks {left} members its catalog lists")
+
+# -- restore ----------------------------------------------------------------------
 
 
 @dataclass
@@ -498,6 +1122,9 @@ class RestoreReport:
     bytes: int
     elapsed: float
     warnings: list[str]
+    archives: int = 0  # read from their vaults (each once)
+    read_bytes: int = 0
+    pending: int = 0  # archives not readable yet (--no-wait): nothing was restored
 
 
 def restore(
@@ -507,9 +1134,27 @@ def restore(
     to: Path,
     session: str | None = None,
     overwrite: bool = False,
+    *,
+    vault_for: VaultFor | None = None,
+    tier: Tier = "Standard",
+    thaw_days: int = 7,
+    poll: float = 60.0,
+    wait: bool = True,
+    report: Callable[[str], None] | None = None,
+    sleep: Callable[[float], None] = time.sleep,
 ) -> RestoreReport:
+    """Restore the selected entries below `to` (see the module's docstring
+    for the order of the steps and what a failure leaves).
+
+    `vault_for` opens the vault of an archive's vault identity; the caller
+    owns what it opens. Without it, vaults are opened from the log's URLs and
+    closed at the end. `report` gets the thaw lines (what was requested, the
+    waiting); with `wait` off, archives that are not readable yet are asked
+    for and the restore returns with `pending` set, restoring nothing."""
     started = time.monotonic()
     plan = plan_restore(state, root, patterns, session)
+    archives = [a for a, _ in plan.by_archive]
+    check_tier(archives, tier)
     try:
         to.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -529,45 +1174,60 @@ def restore(
                 f"{len(existing)} files to restore already exist (first: "
                 f"{ev.show_path(existing[0])}); use --overwrite to replace them"
             )
-    vaults: dict[str, Vault] = {}
-
-    def vault_of(a: ArchiveState) -> Vault:
-        return vaults.get(a.vault) or vaults.setdefault(a.vault, open_vault(a.vault))
-
-    writers = _Writers()
-    # Each archive is verified before anything is taken from it; the next
-    # one is verified meanwhile, in a thread (hashing releases the GIL).
-    checker = ThreadPoolExecutor(1, thread_name_prefix="verify")
+    sessions = ", ".join(s.id for s in plan.sessions)
+    own = VaultResolver(state) if vault_for is None else None
+    opener: VaultFor = vault_for or own  # type: ignore[assignment]
     try:
-        for item in sorted(plan.dirs, key=lambda i: i.dest.count(b"/")):
-            ex.make_dir(item)
-        archives = [a for a, _ in plan.by_archive]
-
-        def check(i: int) -> Future[None] | None:
-            if i >= len(archives):
-                return None
-            return checker.submit(verify_archive, vault_of(archives[i]), archives[i])
-
-        ahead = check(0)
-        for i, (a, wanted) in enumerate(plan.by_archive):
-            verified, ahead = ahead, check(i + 1)
-            assert verified is not None
-            verified.result()
-            _extract_archive(vault_of(a), a, wanted, ex, writers)
-        ex.finish_segments()
-        for item in plan.links:
-            ex.hardlink(item)
-        ex.finish_dirs(plan.dirs)
-    except OSError as exc:
-        where = os.fsdecode(exc.filename) if exc.filename is not None else "?"
-        raise EventbakError(f"restore failed: {exc.strerror}: {where}") from None
+        vaults: dict[str, Vault] = {}
+        for a in archives:
+            if a.vault not in vaults:
+                vaults[a.vault] = opener(a.vault)
+        fetches = fetches_for(archives, vaults)
+        opts = ThawOptions(tier, thaw_days, poll, wait)
+        pending = thaw(fetches, opts, report or (lambda line: None), sleep)
+        if pending:
+            elapsed = time.monotonic() - started
+            return RestoreReport(sessions, 0, 0, elapsed, plan.warnings, pending=pending)
+        _extract_all(plan, fetches, ex)
     finally:
-        checker.shutdown(wait=True, cancel_futures=True)
-        writers.close()
+        if own is not None:
+            own.close()
     return RestoreReport(
-        ", ".join(s.id for s in plan.sessions),
+        sessions,
         ex.files + len(plan.dirs),
         ex.bytes,
         time.monotonic() - started,
         plan.warnings,
+        archives=len(archives),
+        read_bytes=sum(a.size for a in archives),
     )
+
+
+def _extract_all(plan: Plan, fetches: list[Fetch], ex: _Extractor) -> None:
+    writers = _Writers()
+    done = False
+    try:
+        for item in sorted(plan.dirs, key=lambda i: i.dest.count(b"/")):
+            ex.make_dir(item)
+        for f, (_, wanted) in zip(fetches, plan.by_archive, strict=True):
+            _read_archive(f, wanted, ex, writers)
+            writers.drain()  # this archive's writes, and the renames of the one before
+            ex.committing = []
+            ex.commit(writers)
+        writers.drain()
+        ex.committing = []
+        ex.drop_incomplete(plan.warnings)
+        for item in plan.links:
+            ex.hardlink(item, plan.warnings)
+        ex.finish_dirs(plan.dirs)
+        done = True
+    except OSError as exc:
+        raise EventbakError(
+            f"restore failed: {exc.strerror or exc}: {_shown(exc.filename)}"
+        ) from None
+    finally:
+        if done:
+            writers.close()
+        else:
+            writers.abort()
+            ex.discard()

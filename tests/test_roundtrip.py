@@ -314,10 +314,11 @@ def test_file_that_grows_while_read_is_cut_at_its_size(
 def test_damaged_archive_stops_restore_before_any_of_its_members(
     tmp_path: Path, damaged_index: int
 ) -> None:
-    """Each archive's sha256 is checked before anything is taken from it (the
-    next one is checked ahead, in a thread): a flipped byte in the vault stops
-    the restore with a one-line error naming the archive, and none of its
-    members is written; the archives before it were restored intact."""
+    """Each archive is read once, its sha256 checked as it streams, and its
+    members written under temporary names that become final only once it
+    verified: a flipped byte in the vault stops the restore with a one-line
+    error naming the archive, none of its members is left (not even under a
+    temporary name); the archives before it were restored intact."""
     src = tmp_path / "src"
     _tree(src, 40, 30 * KiB)
     (src / "movie.mp4").write_bytes(os.urandom(200 * KiB))
@@ -351,3 +352,5 @@ def test_damaged_archive_stops_restore_before_any_of_its_members(
                 assert sha256_of(dest) == sha256_of(m.path)
             elif a.id == bad.id:
                 assert not os.path.lexists(dest)
+    left = [n for _, dirs, names in os.walk(to) for n in dirs + names if ".eventbak-" in n]
+    assert left == []

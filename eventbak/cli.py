@@ -11,7 +11,7 @@ import json
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -45,6 +45,7 @@ from eventbak.pipeline.coordinator import (
     parse_duration,
     parse_until,
     run_backup,
+    vault_ref,
 )
 from eventbak.pipeline.scanner import normalize_roots
 from eventbak.statedir import StateDir, log_path, read_state
@@ -399,6 +400,43 @@ def _print_outcome(o: Outcome) -> None:
 )
 @click.option("--session", help="Restore this session (id or unique prefix), not the latest.")
 @click.option("--overwrite", is_flag=True, help="Replace files that already exist.")
+@click.option(
+    "--vault",
+    metavar="URL",
+    help="Read the archives from this vault URL (it must be the vault they are in; "
+    "use it to give options such as endpoint_url). Default: the config's vault with "
+    "that location, else the URL of the latest backup into it.",
+)
+@click.option(
+    "--tier",
+    type=click.Choice(["Standard", "Bulk", "Expedited"]),
+    default="Standard",
+    show_default=True,
+    help="How fast cold archives are thawed (Deep Archive: Standard or Bulk only).",
+)
+@click.option(
+    "--thaw-days",
+    type=click.IntRange(min=1),
+    default=7,
+    show_default=True,
+    metavar="N",
+    help="Days a thawed S3 copy stays readable.",
+)
+@click.option(
+    "--poll",
+    type=click.FloatRange(min=0, min_open=True, max=3600),
+    default=60.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="How often to check on thaws and retrieval jobs.",
+)
+@click.option(
+    "--no-wait",
+    is_flag=True,
+    help="Request the thaws and exit without restoring if any archive is not readable "
+    "yet; run again later (Glacier retrieval jobs are not resumed yet: a new run starts "
+    "new ones).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
 @click.pass_obj
 def restore(
@@ -407,24 +445,52 @@ def restore(
     to: Path,
     session: str | None,
     overwrite: bool,
+    vault: str | None,
+    tier: str,
+    thaw_days: int,
+    poll: float,
+    no_wait: bool,
     as_json: bool,
 ) -> None:
-    """Restore the latest backup (or --session) of everything, or of PATH_OR_GLOBs."""
+    """Restore the latest backup (or --session) of everything, or of PATH_OR_GLOBs.
+
+    Archives in a cold class (S3 GLACIER, DEEP_ARCHIVE, or a Glacier vault) are
+    thawed first: only those holding the selected paths. Each archive is read
+    once and checked against its logged SHA-256; nothing of a damaged archive is
+    left under its final name."""
+    from eventbak.restore import VaultResolver, parse_tier
     from eventbak.restore import restore as do_restore
 
     state, _ = _read_state(c)
-    report = do_restore(
-        state,
-        c.state_dir,
-        [os.fsencode(p) for p in patterns],
-        to,
-        session=session,
-        overwrite=overwrite,
-    )
+    configured = [(v.url, v.options()) for v in c.config.vaults.values()]
+
+    def say(line: str) -> None:
+        click.echo(f"eventbak: {line}", err=True)
+
+    with VaultResolver(state, vault, configured) as vault_for:
+        report = do_restore(
+            state,
+            c.state_dir,
+            [os.fsencode(p) for p in patterns],
+            to,
+            session=session,
+            overwrite=overwrite,
+            vault_for=vault_for,
+            tier=parse_tier(tier),
+            thaw_days=thaw_days,
+            poll=poll,
+            wait=not no_wait,
+            report=say,
+        )
     for w in report.warnings:
         click.echo(f"eventbak: warning: {w}", err=True)
     if as_json:
         click.echo(json.dumps(report.__dict__, indent=2))
+    elif report.pending:
+        what = "1 archive is" if report.pending == 1 else f"{report.pending} archives are"
+        click.echo(
+            f"nothing restored yet: {what} not readable yet; run the same restore again later"
+        )
     else:
         click.echo(
             f"restored {report.files} entries, {_human(report.bytes)} from session "
@@ -445,18 +511,38 @@ def _read_state(c: Ctx) -> tuple[State, Any]:
 
 
 @main.command()
-@click.option("--vault", help="Only archives of this vault URL.")
+@click.option("--vault", help="Only archives of this vault (URL; its options do not matter).")
+@click.option(
+    "--from-vault",
+    is_flag=True,
+    help="Ask a glacier:// vault itself: start an inventory job (recorded in the log), or "
+    "on a later call read it and report archives missing on either side.",
+)
+@click.option("--wait", is_flag=True, help="With --from-vault: wait for the inventory job.")
+@click.option(
+    "--poll",
+    type=click.FloatRange(min=0.1, max=3600),
+    default=60.0,
+    show_default=True,
+    help="With --from-vault --wait: seconds between questions to the vault.",
+)
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
-def inspect(c: Ctx, vault: str | None, as_json: bool) -> None:
-    """List archives per vault, from the log."""
+def inspect(
+    c: Ctx, vault: str | None, from_vault: bool, wait: bool, poll: float, as_json: bool
+) -> None:
+    """List archives per vault, from the log (or, --from-vault, from a Glacier inventory)."""
+    if from_vault:
+        _inspect_from_vault(c, vault, wait, poll, as_json)
+        return
     state, _ = _read_state(c)
+    want = vault_ref(vault) if vault else None
     by_vault: dict[str, list[dict[str, Any]]] = {}
     for a in state.archives.values():
-        url = a.vault or state.sessions[a.session].vault
-        if vault and url != vault:
+        ref = a.vault or state.sessions[a.session].vault
+        if want and vault_ref(ref) != want:
             continue
-        by_vault.setdefault(url, []).append(
+        by_vault.setdefault(ref, []).append(
             {
                 "id": a.id,
                 "session": a.session,
@@ -466,20 +552,83 @@ def inspect(c: Ctx, vault: str | None, as_json: bool) -> None:
                 "state": a.state,
                 "time": a.uploaded_at or a.sealed_at or a.started_at,
                 "key": a.key,
+                "storage_class": a.storage_class,
             }
         )
     if as_json:
         click.echo(json.dumps(by_vault, indent=2))
         return
     if not by_vault:
-        click.echo("no archives" + (f" in {vault}" if vault else ""))
-    for url, rows in by_vault.items():
-        click.echo(f"vault {url}: {len(rows)} archives, {_human(sum(r['size'] for r in rows))}")
+        click.echo("no archives" + (f" in {want}" if want else ""))
+    for ref, rows in by_vault.items():
+        click.echo(f"vault {ref}: {len(rows)} archives, {_human(sum(r['size'] for r in rows))}")
         for r in rows:
+            cls = f"  {r['storage_class']}" if r["storage_class"] else ""
             click.echo(
                 f"  {r['id']}  {r['state']:<9} {_human(r['size']):>10} {r['members']:>7} members"
-                f"  sha256:{r['sha256'][:16]}  {_when(r['time'])}"
+                f"  sha256:{r['sha256'][:16]}  {_when(r['time'])}{cls}"
             )
+
+
+def _inspect_from_vault(
+    c: Ctx, vault: str | None, wait: bool, poll: float, as_json: bool
+) -> None:
+    from eventbak import inventory
+    from eventbak.restore import VaultResolver
+
+    if not log_path(c.state_dir).exists():
+        raise UsageError(f"no event log in {c.state_dir} (nothing backed up yet?)")
+    sd = StateDir.open(c.state_dir)  # the job goes into the log
+    try:
+        if vault:
+            refs = [vault_ref(vault)]
+        else:
+            refs = sorted({s.vault for s in sd.state.sessions.values()
+                           if s.vault.startswith("glacier://")})  # fmt: skip
+            if not refs:
+                raise UsageError("the log knows no glacier:// vault: say which with --vault URL")
+            if len(refs) > 1:
+                raise UsageError(
+                    f"the log knows {len(refs)} Glacier vaults ({', '.join(refs)}): "
+                    "say which with --vault URL"
+                )
+        configured = [(v.url, v.options()) for v in c.config.vaults.values()]
+
+        def waiting(r: inventory.InventoryReport) -> None:
+            if not as_json:
+                click.echo(
+                    f"inventory job {r.job} started {_when(r.requested_at)} is still running; "
+                    f"asking again in {poll:g} s",
+                    err=True,
+                )
+
+        with VaultResolver(sd.state, vault, configured) as vaults:
+            report = inventory.check(sd, vaults(refs[0]), wait=wait, poll=poll, on_wait=waiting)
+    finally:
+        sd.close()
+    if as_json:
+        click.echo(json.dumps(asdict(report), indent=2))
+        return
+    if report.status != "received":
+        verb = "started" if report.status == "started" else "is still running (started"
+        tail = "" if report.status == "started" else f" {_when(report.requested_at)})"
+        click.echo(
+            f"vault {report.vault}: inventory job {report.job} {verb}{tail}; Glacier takes hours: "
+            "run `eventbak inspect --from-vault` again later, or add --wait"
+        )
+        return
+    click.echo(
+        f"vault {report.vault}: inventory {report.job} lists {report.archives} archives; "
+        f"{len(report.missing)} in the log are missing from it, {len(report.unknown)} in it "
+        "are not in the log"
+    )
+    for m in report.missing:
+        click.echo(
+            f"  missing  {m.archive}  {m.key}  {_human(m.size)}  uploaded {_when(m.uploaded_at)}"
+        )
+    for u in report.unknown:
+        whose = "ours, not recorded (a duplicate)" if u.ours else "not of this state dir"
+        click.echo(f"  unknown  {u.key}  {_human(u.size)}  {whose}")
 
 
 def _session_dict(s: Any) -> dict[str, Any]:

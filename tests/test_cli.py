@@ -159,8 +159,8 @@ CONTRACT = {
         "status",
     ],
     "backup": ["--vault", "--archive-size", "--compression", "--json"],
-    "restore": ["--to", "--session", "--overwrite"],
-    "inspect": ["--vault", "--json"],
+    "restore": ["--to", "--session", "--overwrite", "--vault", "--tier", "--thaw-days"],
+    "inspect": ["--vault", "--json", "--from-vault", "--wait"],
     "replay": ["--json", "--verify", "--until"],
     "status": ["--json"],
 }

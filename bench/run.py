@@ -2,7 +2,8 @@
 
     scripts/bench                          # scale 1.0 (a ~3 GB tree), 3 runs of each case
     scripts/bench --scale 0.003 --runs 1   # seconds: the smoke test (tests/test_bench.py)
-    scripts/bench --only eventbak,restic   # some tools only (also: replay-1M)
+    scripts/bench --only eventbak,restic   # some tools only (also: replay-1M, s3)
+    scripts/bench --only s3                # the S3 upload case alone (no tree needed)
 
 The tree comes from bench/gentree.py (--scale, --seed) and is reused while the
 scale and seed stay the same. Cases, each run --runs times with a warm page
@@ -17,6 +18,10 @@ cache, median reported:
   restore      the whole tree back, from the second run's output
   replay       `eventbak replay --verify` of the log the full and second runs wrote
   replay-1M    the same on a synthetic, format-exact log of 1,000,000 files
+  s3-upload    (`s3`) eventbak's S3 upload of staged archives (8 x 128 MiB of random
+               bytes at scale 1) to a local SeaweedFS against boto3's upload_file
+               (s3transfer), same part size and concurrency (--s3-part-size,
+               --s3-concurrency: 16 MiB, 4); bench/s3upload.py
 
 Every output is restored outside the timed region and compared with the
 source, file by file (sha256, symlink targets): the `ok` column. Peak RSS is
@@ -25,7 +30,8 @@ copy of its source taken at the start (WORKDIR/eventbak-snapshot), so that
 edits to the checkout during a long run do not mix versions.
 
 Results: a table on stdout and a JSON file (--json, default WORKDIR/results.json).
-Standard library only (eventbak itself writes the synthetic log).
+Standard library only (eventbak itself writes the synthetic log), except the
+s3-upload case: bench/s3upload.py uses boto3 and tests/servers.py (SeaweedFS).
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import hashlib
+import importlib.metadata
 import importlib.util
 import json
 import math
@@ -58,7 +65,10 @@ MIB = 1024 * 1024
 PAGE = os.sysconf("SC_PAGE_SIZE")
 ARCHIVE_MEMBERS = 32_000  # members per archive in the synthetic log
 TOOLS = ("eventbak", "tar-zstd", "tar-xz", "restic", "borg")
-SELECTABLE = (*TOOLS, "replay-1M")
+SELECTABLE = (*TOOLS, "replay-1M", "s3")
+#: the s3-upload case's two sides, in the order of its first round
+S3_TOOLS = ("eventbak", "boto3")
+ROW_TOOLS = (*TOOLS, "boto3")
 #: command -> Debian package, per tool
 NEEDS: dict[str, dict[str, str]] = {
     "eventbak": {},
@@ -67,7 +77,9 @@ NEEDS: dict[str, dict[str, str]] = {
     "restic": {"restic": "restic"},
     "borg": {"borg": "borgbackup"},
 }
-CASE_ORDER = ("full", "text-subset", "small", "second", "restore", "replay", "replay-1M")
+CASE_ORDER = (
+    "full", "text-subset", "small", "second", "restore", "replay", "replay-1M", "s3-upload",
+)  # fmt: skip
 
 
 class CmdFailed(Exception):
@@ -138,6 +150,8 @@ class Sample:
     user: float  # CPU seconds of the process tree (reaped descendants included)
     system: float
     stdout: str = ""
+    #: the process's wall time when `seconds` is a time the process measured itself
+    process_seconds: float | None = None
 
 
 @dataclass
@@ -521,6 +535,11 @@ class Row:
                     "peak_rss_mib": round(s.peak_rss / MIB, 1),
                     "user_s": round(s.user, 3),
                     "sys_s": round(s.system, 3),
+                    **(
+                        {"process_s": round(s.process_seconds, 4)}
+                        if s.process_seconds is not None
+                        else {}
+                    ),
                 }
                 for s in self.samples
             ],
@@ -845,6 +864,126 @@ class Bench:
             r.ok, r.error = False, str(exc)
         rm(state.parent)
 
+    def s3_case(self) -> dict[str, Any]:
+        """eventbak's S3 upload against boto3's upload_file (bench/s3upload.py),
+        both to one local SeaweedFS, in rounds whose order alternates (run 1:
+        eventbak then boto3; run 2: boto3 then eventbak; ...). Returns the
+        case's parameters for the JSON."""
+        import s3upload  # boto3 and tests/servers.py: only this case needs them
+
+        a = self.args
+        part, conc = a.s3_part_size * MIB, a.s3_concurrency
+        count, size = s3upload.sizes_for(a.scale, part)
+        total = count * size
+        base = self.work / "s3upload"
+        info: dict[str, Any] = {
+            "archives": count, "archive_bytes": size, "part_size": part, "concurrency": conc,
+            "boto3": _dist_version("boto3"), "botocore": _dist_version("botocore"),
+            "s3transfer": _dist_version("s3transfer"),
+        }  # fmt: skip
+        weed = Path(sys.executable).parent / "weed"
+        if not weed.exists() and shutil.which("weed") is None:
+            info["skipped"] = "weed (SeaweedFS) not found: run scripts/bootstrap dev"
+            return info
+        print(
+            f"== s3-upload: {count} archive(s) of {size / MIB:g} MiB ({total / MB:.1f} MB), "
+            f"part size {part // MIB} MiB, concurrency {conc}",
+            flush=True,
+        )
+        archives, took = s3upload.make_archives(base / "archives", count, size, part, a.seed)
+        if took:
+            print(f"  made the archives in {took:.1f} s", flush=True)
+        notes = {
+            "eventbak": "Transfers.run per archive, one after another (the coordinator's "
+            "uploader), S3Vault; timed inside the process",
+            "boto3": "client.upload_file per archive, one after another (s3transfer), "
+            "ChecksumAlgorithm=SHA256; timed inside the process",
+        }
+        rows = {t: self.row("s3-upload", t, count, total, notes[t]) for t in S3_TOOLS}
+        try:
+            store = s3upload.Store(base / "seaweedfs")
+        except Exception as exc:  # ServerStartError, botocore errors: the ok column
+            for r in rows.values():
+                r.ok, r.error = False, f"SeaweedFS did not start: {exc}"
+            print(f"   FAILED: SeaweedFS did not start: {exc}", flush=True)
+            rm(base / "seaweedfs")
+            return info
+        info.update(
+            seaweedfs=store.version, endpoint=store.endpoint_url,
+            seaweedfs_start_s=round(store.started_in, 1), eventbak_archive_times=[],
+            seaweedfs_cpu_s={t: [] for t in S3_TOOLS},
+        )  # fmt: skip
+        print(f"  SeaweedFS up in {store.started_in:.1f} s at {store.endpoint_url}", flush=True)
+        try:
+            took = store.warm_up(archives[0], part)
+        except Exception as exc:  # botocore errors: the ok column
+            for r in rows.values():
+                r.ok, r.error = False, f"SeaweedFS refused the warm-up upload: {exc}"
+            store.stop()
+            rm(base / "seaweedfs")
+            return info
+        print(f"  warm-up upload of one archive (untimed): {took:.1f} s", flush=True)
+        manifest = base / "manifest.json"
+        s3upload.write_manifest(manifest, archives)
+        env = store.child_env(self.env)
+        state = base / "state"
+        try:
+            for i in range(self.runs):
+                for tool in S3_TOOLS if i % 2 == 0 else S3_TOOLS[::-1]:
+                    r = rows[tool]
+                    if r.ok is False:
+                        continue
+                    rm(state)
+                    prefix = f"{tool}-{i + 1}"
+                    argv = s3upload.child_argv(
+                        tool, manifest, store.endpoint_url, prefix, part, conc,
+                        state if tool == "eventbak" else None,
+                    )  # fmt: skip
+                    tag = f"s3-{tool}-{i}"
+                    warm([base / "archives"])
+                    cpu0 = store.cpu_seconds()
+                    try:
+                        s = run_timed(Cmd(argv, env), self.logs, tag, capture=True)
+                        out = json.loads(s.stdout.strip().splitlines()[-1])
+                    except (CmdFailed, ValueError, IndexError) as exc:
+                        r.ok, r.error = False, str(exc)
+                        print(f"   {tool} FAILED: {exc}", flush=True)
+                        continue
+                    server_cpu = store.cpu_seconds() - cpu0
+                    info["seaweedfs_cpu_s"][tool].append(round(server_cpu, 2))
+                    s.process_seconds, s.seconds = s.seconds, float(out["seconds"])
+                    r.samples.append(s)
+                    print(
+                        f"  {tag:<16} {s.seconds:7.3f} s {total / s.seconds / MB:6.1f} MB/s"
+                        f"  peak {s.peak_rss / MIB:5.1f} MiB  process {s.process_seconds:.2f} s"
+                        f"  cpu {s.user:.2f}+{s.system:.2f} s  SeaweedFS cpu {server_cpu:.2f} s"
+                        f"  load {_load1():.2f}",
+                        flush=True,
+                    )
+                    if tool == "eventbak":
+                        info["eventbak_archive_times"].append(out.get("archives", []))
+                    why = store.check(prefix, out["keys"], archives)
+                    if not why and i == 0:
+                        why = store.read_back(prefix, out["keys"], archives)
+                    if why:
+                        r.ok, r.error = False, why
+                    else:
+                        r.output_bytes = total
+        finally:
+            store.stop()
+            rm(base / "seaweedfs")
+            rm(state)
+        for r in rows.values():
+            if r.ok is None:
+                r.ok = bool(r.samples)
+        # eventbak's speed over boto3's within each round (back to back: the
+        # machine's drift between rounds cancels out)
+        mine, theirs = rows["eventbak"].samples, rows["boto3"].samples
+        info["round_ratios"] = [
+            round(b.seconds / e.seconds, 3) for e, b in zip(mine, theirs, strict=False)
+        ]
+        return info
+
 
 _SECOND_NOTES = {
     "eventbak": "no incremental yet: a new session backs up everything again",
@@ -1012,6 +1151,13 @@ def _version(argv: list[str]) -> str:
     return lines[0].strip() if lines else ""
 
 
+def _dist_version(name: str) -> str:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return ""
+
+
 def _eventbak_source() -> Path:
     spec = importlib.util.find_spec("eventbak")
     if spec is None or spec.origin is None:
@@ -1135,13 +1281,14 @@ def targets(rows: list[dict[str, Any]], replay_files: int) -> list[dict[str, Any
     ratio("full >= 2x restic", "full", "restic", "mb_per_s", 2.0)
     ratio("full >= 2x borg", "full", "borg", "mb_per_s", 2.0)
     ratio("small >= 1.5x restic", "small", "restic", "files_per_s", 1.5)
+    ratio("s3-upload >= 0.9x boto3", "s3-upload", "boto3", "mb_per_s", 0.9)
 
     name = "peak RSS < 200 MiB"
     peaks = {
         r["case"]: r["peak_rss_mib"]
         for r in rows
         if r["tool"] == "eventbak"
-        and r["case"] in ("full", "small", "second", "restore")
+        and r["case"] in ("full", "small", "second", "restore", "s3-upload")
         and r["peak_rss_mib"]
     }
     if peaks:
@@ -1258,6 +1405,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     ap.add_argument("--no-install", action="store_true", help="do not apt-get install peers")
     ap.add_argument(
+        "--s3-part-size", type=int, default=16, metavar="MIB",
+        help="s3-upload: part size in MiB, both sides (default 16, eventbak's default)",
+    )  # fmt: skip
+    ap.add_argument(
+        "--s3-concurrency", type=int, default=4, metavar="N",
+        help="s3-upload: parts in flight, both sides (default 4, eventbak's default)",
+    )  # fmt: skip
+    ap.add_argument(
         "--replay-files",
         type=int,
         help="files in the synthetic replay log (default 1,000,000 at scale >= 1, "
@@ -1268,6 +1423,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         ap.error("--runs must be at least 1")
     if a.scale <= 0:
         ap.error("--scale must be positive")
+    if not 5 <= a.s3_part_size <= 5120:
+        ap.error("--s3-part-size must be 5 to 5120 (MiB; S3's limits)")
+    if not 1 <= a.s3_concurrency <= 64:
+        ap.error("--s3-concurrency must be 1 to 64")
     only = [x.strip() for x in a.only.split(",") if x.strip()] if a.only else list(SELECTABLE)
     unknown = [x for x in only if x not in SELECTABLE]
     if unknown:
@@ -1291,14 +1450,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     pythonpath = os.pathsep.join([snap["snapshot"], *filter(None, [os.environ.get("PYTHONPATH")])])
     bench.env["PYTHONPATH"] = os.environ["PYTHONPATH"] = pythonpath
     machine = machine_info(work, bench.eventbak_exe)
-    bench.tree = prepare_tree(work, args.scale, args.seed)
-    t = bench.tree
-    print(
-        f"tree: {t.files} files, {t.bytes / MB:.1f} MB; small/: {t.small_files} files; "
-        f"xz subset: {len(t.subset)} files, {t.subset_bytes / MB:.1f} MB",
-        flush=True,
-    )
     rm(bench.logs)
+    tree: dict[str, Any] | None = None
+    if tools:  # the s3-upload case and replay-1M need no tree
+        bench.tree = t = prepare_tree(work, args.scale, args.seed)
+        print(
+            f"tree: {t.files} files, {t.bytes / MB:.1f} MB; small/: {t.small_files} files; "
+            f"xz subset: {len(t.subset)} files, {t.subset_bytes / MB:.1f} MB",
+            flush=True,
+        )
+        tree = {
+            "path": str(t.root),
+            "files": t.files,
+            "bytes": t.bytes,
+            "small_files": t.small_files,
+            "small_bytes": t.small_bytes,
+            "subset_files": len(t.subset),
+            "subset_bytes": t.subset_bytes,
+        }
 
     compared: list[Tool] = []
     for name in tools:
@@ -1312,7 +1481,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             compared.append(TarPipe(name, out, bench.env, "zstd -q -3 -T0", "zstd -q -dc"))
         elif name == "tar-xz":
             lst = work / "xz-subset.txt"
-            lst.write_text("".join(p + "\n" for p in t.subset))
+            lst.write_text("".join(p + "\n" for p in bench.tree.subset))
             bench.xz_case(TarPipe(name, out, bench.env, "xz -6", "xz -dc", lst))
         elif name == "restic":
             compared.append(Restic(out, bench.env))
@@ -1324,10 +1493,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         bench.replay_1m_case(args.replay_files)
     rm(work / "out")
     rm(work / "restore")
+    s3: dict[str, Any] | None = None
+    if "s3" in args.only:  # last: its server runs during no other case
+        s3 = bench.s3_case()
+        if s3.get("skipped"):
+            skipped["s3"] = s3["skipped"]
+            print(f"== s3-upload: skipped ({s3['skipped']})", flush=True)
 
     rows = sorted(
         (r.as_dict() for r in bench.rows),
-        key=lambda r: (CASE_ORDER.index(r["case"]), TOOLS.index(r["tool"])),
+        key=lambda r: (CASE_ORDER.index(r["case"]), ROW_TOOLS.index(r["tool"])),
     )
     machine["loadavg_end"] = list(os.getloadavg())
     ran = {r["tool"] for r in rows} | {r["case"] for r in rows}
@@ -1348,7 +1523,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "the results are of the snapshot, not of the current checkout"
         )
     notes += [f"{name} skipped: {why}" for name, why in skipped.items()]
-    if "eventbak" in ran:
+    if "eventbak" in ran and ran & {"full", "second", "small"}:
         if "encrypt" in _backup_help(bench.eventbak_exe):
             notes.append("eventbak has an encryption option now; this bench does not run it yet")
         else:
@@ -1374,10 +1549,33 @@ def main(argv: Sequence[str] | None = None) -> int:
             "written with eventbak's API (eventbak.core.log.EventLog), not by a real backup"
         )
     if "tar-xz" in ran:
+        sub = bench.tree
         notes.append(
-            f"text-subset: tar | xz -6 on {len(t.subset)} text files of src/ "
-            f"({t.subset_bytes / MB:.1f} MB) only, as xz does ~2 MB/s"
+            f"text-subset: tar | xz -6 on {len(sub.subset)} text files of src/ "
+            f"({sub.subset_bytes / MB:.1f} MB) only, as xz does ~2 MB/s"
         )
+    if "s3-upload" in ran and s3 is not None:
+        notes.append(
+            f"s3-upload: {s3['archives']} staged archive(s) of {s3['archive_bytes'] / MIB:g} MiB "
+            f"(random bytes, page cache warm) to a local SeaweedFS ({s3.get('seaweedfs', '?')}), "
+            f"part size {s3['part_size'] // MIB} MiB, concurrency {s3['concurrency']} on both "
+            f"sides; eventbak: uploader.Transfers with S3Vault; boto3 {s3['boto3']} "
+            f"upload_file (s3transfer {s3['s3transfer']}) with the same botocore Config and "
+            "ChecksumAlgorithm=SHA256 (both send a SHA-256 per part that SeaweedFS verifies); "
+            "seconds as timed inside each process (first byte sent to last archive complete), "
+            "the process's wall time is in the JSON (process_s); rounds alternate the order; "
+            "every object checked by HeadObject (size, composite SHA-256), the first round's "
+            "read back whole"
+        )
+        if s3.get("round_ratios"):
+            each = ", ".join(f"{x:.2f}x" for x in s3["round_ratios"])
+            cpu = s3.get("seaweedfs_cpu_s", {})
+            notes.append(
+                f"s3-upload: eventbak/boto3 speed per round {each} (median "
+                f"{statistics.median(s3['round_ratios']):.2f}x); SeaweedFS used "
+                + ", ".join(f"{t} {statistics.median(v):.1f} s" for t, v in cpu.items() if v)
+                + " of CPU per run (median): on 2 cores the store is most of the work"
+            )
     notes += [
         "peak RSS: summed over the process tree (a pipeline counts each process), sampled "
         "every 20 ms, max over runs; MB/s and files/s are of the input (1 MB = 10^6 bytes)",
@@ -1397,19 +1595,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             "runs": args.runs,
             "replay_files": args.replay_files,
             "only": args.only,
+            "s3_part_size_mib": args.s3_part_size,
+            "s3_concurrency": args.s3_concurrency,
             "workdir": str(work),
         },
         "machine": machine,
         "eventbak": snap,
-        "tree": {
-            "path": str(t.root),
-            "files": t.files,
-            "bytes": t.bytes,
-            "small_files": t.small_files,
-            "small_bytes": t.small_bytes,
-            "subset_files": len(t.subset),
-            "subset_bytes": t.subset_bytes,
-        },
+        "tree": tree,
+        "s3": s3,
         "tools": {
             name: {
                 "selected": name in tools,

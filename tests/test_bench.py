@@ -50,6 +50,7 @@ def test_bench_smoke(tmp_path: Path) -> None:
         "results",
         "targets",
         "notes",
+        "s3",
     } <= set(result)
     assert result["params"]["runs"] == 1
     assert result["tree"]["files"] > 100 and result["tree"]["small_files"] > 0
@@ -75,8 +76,17 @@ def test_bench_smoke(tmp_path: Path) -> None:
             # not installed (and not installable here): a note, never a failure
             assert skipped[tool] and tool not in ran
             assert any(tool in n for n in result["notes"])
-    # eventbak needs nothing from apt: it always runs every case
-    assert ran["eventbak"] == BACKUP_CASES | {"replay", "replay-1M"}
+    # eventbak needs nothing from apt: it always runs every case; s3-upload
+    # needs SeaweedFS (the dev venv's weed) and is skipped with a note without it
+    s3 = result["s3"]
+    if s3.get("skipped"):
+        assert skipped["s3"] and "boto3" not in ran
+        assert ran["eventbak"] == BACKUP_CASES | {"replay", "replay-1M"}
+    else:
+        assert ran["eventbak"] == BACKUP_CASES | {"replay", "replay-1M", "s3-upload"}
+        assert ran["boto3"] == {"s3-upload"}
+        assert s3["part_size"] == 16 * 1024 * 1024 and s3["concurrency"] == 4
+        assert len(s3["round_ratios"]) == 1
     for tool in ("tar-zstd", "restic", "borg"):
         if tool in ran:
             assert ran[tool] == BACKUP_CASES

@@ -136,3 +136,51 @@ def test_from_vault_on_an_s3_vault_is_a_clear_usage_error(tmp_path: Path) -> Non
             inventory.check(sd, open_vault("s3://bkp/x"))
     finally:
         sd.close()
+
+
+def test_inspect_from_vault_command_starts_then_reports(
+    backed_up: tuple[Path, str, Path], tmp_path: Path
+) -> None:
+    """The CLI, as a subprocess (it only reads the vault: moto's receipts do not matter)."""
+    import subprocess
+    import sys
+
+    state, url, _ = backed_up
+    base = [sys.executable, "-m", "eventbak", "--state-dir", str(state), "inspect", "--from-vault"]
+    first = subprocess.run(base, capture_output=True, text=True, timeout=60)
+    assert first.returncode == 0, first.stderr
+    assert "inventory job" in first.stdout and "started" in first.stdout
+    done = subprocess.run(
+        [*base, "--wait", "--poll", "0.5", "--vault", url], capture_output=True, text=True,
+        timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "0 in the log are missing from it, 0 in it are not in the log" in done.stdout
+    st, _ = read_state(state)
+    assert [i.state for i in st.inventories.values()] == ["received"]
+
+
+def test_restore_from_glacier_runs_retrieval_jobs_and_waits(
+    backed_up: tuple[Path, str, Path], tmp_path: Path
+) -> None:
+    """`eventbak restore` as a subprocess: reading needs no tree-hash receipt, so
+    eventbak's own GlacierVault talks to moto here."""
+    import subprocess
+    import sys
+
+    from tests.treeutil import describe
+
+    state, _, src = backed_up
+    back = tmp_path / "back"
+    done = subprocess.run(
+        [sys.executable, "-m", "eventbak", "--state-dir", str(state), "restore", "--to",
+         str(back), "--tier", "Expedited", "--poll", "0.5"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    st, _ = read_state(state)
+    uploaded = [a for a in st.archives.values() if a.state == "uploaded"]
+    # one retrieval job per archive, named in the output, waited for (moto: 2 s)
+    started = done.stderr.count("started Glacier retrieval job")
+    assert started == len(uploaded), done.stderr
+    assert describe(back / str(src).lstrip("/")) == describe(src)

@@ -13,7 +13,8 @@ per part: about 0.1 ms against the seconds a 16 MiB part takes, and a crash
 then costs at most the parts in flight); `ArchiveUploaded` is committed
 before the staged file is deleted.
 
-Parts of one archive are sent `vault.concurrency` at a time from threads.
+Parts are sent `vault.concurrency` at a time from threads, across every
+archive of the session in transfer (the coordinator runs up to two).
 Cancellation: a vault call cut off by cancellation is abandoned (its thread
 finishes on its own) and nothing is recorded for it; the log keeps what was
 confirmed, and the next run reconciles with the vault.
@@ -58,6 +59,14 @@ class Transfers:
         self.vault = vault
         self.session = session
         self.stop = stop or threading.Event()
+        self._parts: trio.Semaphore | None = None
+
+    def _slots(self) -> trio.Semaphore:
+        """Parts in flight, shared by every archive of the session in transfer
+        (made on first use, inside the Trio run)."""
+        if self._parts is None:
+            self._parts = trio.Semaphore(max(1, self.vault.concurrency))
+        return self._parts
 
     def key_of(self, a: ArchiveState) -> str:
         return a.key or self.vault.key_for(a.session, a.id, a.suffix)
@@ -185,7 +194,7 @@ class Transfers:
         committed as the vault confirms it. Stops starting parts on a stop
         request; an UploadGone makes the plan list the parts again."""
         path = self._staged(a)
-        slots = trio.Semaphore(max(1, self.vault.concurrency))
+        slots = self._slots()
         gone = False
 
         async def one(r: PartRange) -> None:

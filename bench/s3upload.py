@@ -12,10 +12,11 @@ as a child process of this file, so that its peak RSS is its own:
 archives (SessionOpened, ArchiveStarted, ArchiveSealed with the archive's
 size and SHA-256; the staged file is a hard link to the manifest's file, so
 the page cache holds it already), then `Transfers(sd, vault, session).run(
-archive, Observed.fresh())` for each archive in one `trio.run`, one archive
-after another, as the coordinator's uploader does: CreateMultipartUpload,
-parts `concurrency` at a time in threads with a committed `PartUploaded` per
-part, CompleteMultipartUpload and its HeadObject, `ArchiveUploaded`.
+archive, Observed.fresh())` for each archive through `Transfers.run_all`, the
+coordinator's uploader (two archives in transfer at once, parts sharing
+`concurrency` slots), in one `trio.run`: CreateMultipartUpload, parts in
+threads with a committed `PartUploaded` per part, CompleteMultipartUpload and
+its HeadObject, `ArchiveUploaded`.
 
 `boto3`: one client with the same botocore Config as S3Vault's (retries,
 pool size, timeouts, path addressing, `request_checksum_calculation=
@@ -46,7 +47,7 @@ import random
 import shutil
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -371,9 +372,12 @@ def run_eventbak(args: argparse.Namespace) -> dict[str, Any]:
     vault.prepare()  # HeadBucket: makes the client and opens its first connection
     transfers = Transfers(sd, vault, session)
 
+    async def sealed() -> AsyncIterator[tuple[str, plan.Observed]]:
+        for aid in aids:
+            yield aid, plan.Observed.fresh()
+
     async def upload_all() -> None:
-        for aid in aids:  # the coordinator's uploader: one archive after another
-            await transfers.run(aid, plan.Observed.fresh())
+        await transfers.run_all(sealed())  # what the coordinator's uploader runs
 
     t0 = time.perf_counter()
     trio.run(upload_all)

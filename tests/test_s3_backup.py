@@ -290,6 +290,7 @@ def test_missing_bucket_is_one_line_exit_4(s3_server: servers.Server, tmp_path: 
     assert done.returncode == 4, done.stderr
     assert "eb-no-such-bucket" in done.stderr and "does not exist" in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
+    assert not log_path(tmp_path / "state").exists() or verify_log(tmp_path / "state") is None
 
 
 @pytest.mark.parametrize(
@@ -321,7 +322,9 @@ def test_unreachable_endpoint_is_one_line_exit_5(tmp_path: Path) -> None:
     done = run(cmd(tmp_path / "state", "backup", str(src), "--vault", url))
     assert done.returncode == 5, done.stderr
     assert f"127.0.0.1:{port}" in done.stderr and "Traceback" not in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
     assert time.monotonic() - started < 60
+    assert not log_path(tmp_path / "state").exists() or verify_log(tmp_path / "state") is None
 
 
 def test_credentials_never_reach_output_or_the_event_log(

@@ -41,7 +41,7 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 
 import trio
@@ -63,8 +63,6 @@ BATCH_ENTRIES = 512
 BATCH_BYTES = 16 * 1024 * 1024
 ENTRY_BACKLOG = 4
 SEALED_BACKLOG = 1
-#: Archives in transfer at once to a multipart vault (see Session._uploader).
-UPLOAD_LANES = 2
 DEFAULT_GRACE = 30.0
 
 
@@ -343,36 +341,23 @@ class Session:
                 self._drop_partial("session stopped")
 
     async def _uploader(self, recv: trio.MemoryReceiveChannel[Sealed]) -> None:
-        """Sends recovered archives, then each archive as it is sealed. After a
+        """Sends recovered archives, then each archive as it is sealed
+        (`Transfers.run_all`: up to two at once to a multipart vault). After a
         stop request nothing new is started: sealed archives stay in staging
-        and an upload keeps its confirmed parts, for the next run.
+        and an upload keeps its confirmed parts, for the next run."""
 
-        With a multipart vault two archives may be in transfer at once, their
-        parts sharing the vault's `concurrency` slots: the next archive's
-        parts go up while the previous one's last parts and its Complete
-        finish, so the slots never idle between archives. A one-part vault
-        takes one archive at a time. Either way the uploader takes the next
-        sealed archive only when a lane is free (backpressure on the builder)."""
-        lanes = trio.CapacityLimiter(UPLOAD_LANES if self.vault.part_size is not None else 1)
-
-        async def transfer(archive: str, observed: plan.Observed) -> None:
-            try:
-                await self.transfers.run(archive, observed)
-            finally:
-                lanes.release_on_behalf_of(archive)
-
-        async with recv, trio.open_nursery() as nursery:
+        async def archives() -> AsyncIterator[tuple[str, plan.Observed]]:
             for archive, observed in self._to_upload:
                 if self.stop.is_set():
                     break
-                await lanes.acquire_on_behalf_of(archive)
-                nursery.start_soon(transfer, archive, observed)
+                yield archive, observed
             async for sealed in recv:
                 if self.stop.is_set():
                     continue  # stays sealed in staging; uploaded on resume
-                archive = sealed.event.archive
-                await lanes.acquire_on_behalf_of(archive)
-                nursery.start_soon(transfer, archive, plan.Observed.fresh())
+                yield sealed.event.archive, plan.Observed.fresh()
+
+        async with recv:
+            await self.transfers.run_all(archives())
 
     async def _progress(self, interval: float) -> None:
         assert self.on_progress is not None

@@ -14,7 +14,7 @@ then costs at most the parts in flight); `ArchiveUploaded` is committed
 before the staged file is deleted.
 
 Parts are sent `vault.concurrency` at a time from threads, across every
-archive of the session in transfer (the coordinator runs up to two).
+archive of the session in transfer (`run_all` runs up to two).
 Cancellation: a vault call cut off by cancellation is abandoned (its thread
 finishes on its own) and nothing is recorded for it; the log keeps what was
 confirmed, and the next run reconciles with the vault.
@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterable, Callable
 from pathlib import Path
 from typing import Literal, TypeVar, TypeVarTuple
 
@@ -37,6 +37,9 @@ from eventbak.errors import UploadGone
 from eventbak.fsutil import sha256_file
 from eventbak.statedir import StateDir
 from eventbak.vaults.base import Part, PartRange, Receipt, Vault
+
+#: Archives in transfer at once to a multipart vault (`Transfers.run_all`).
+LANES = 2
 
 T = TypeVar("T")
 Ts = TypeVarTuple("Ts")
@@ -149,6 +152,28 @@ class Transfers:
                 self._discard(a, reason)
             elif isinstance(step, plan.Discard):
                 self._discard(a, step.reason)
+
+    async def run_all(self, items: AsyncIterable[tuple[str, plan.Observed]]) -> None:
+        """Transfer each archive `items` yields, in order of arrival.
+
+        With a multipart vault two archives may be in transfer at once
+        (`LANES`), their parts sharing the vault's `concurrency` slots: the
+        next archive's parts go up while the previous one's last parts and
+        its Complete finish, so the slots never idle between archives. A
+        one-part vault takes one archive at a time. The next item is taken
+        only when a lane is free: backpressure on whoever feeds `items`."""
+        lanes = trio.CapacityLimiter(LANES if self.vault.part_size is not None else 1)
+
+        async def transfer(aid: str, observed: plan.Observed) -> None:
+            try:
+                await self.run(aid, observed)
+            finally:
+                lanes.release_on_behalf_of(aid)
+
+        async with trio.open_nursery() as nursery:
+            async for aid, observed in items:
+                await lanes.acquire_on_behalf_of(aid)
+                nursery.start_soon(transfer, aid, observed)
 
     def _started(
         self, a: ArchiveState, key: str, upload_id: str = "", part_size: int = 0

@@ -203,6 +203,8 @@ class S3Vault:
         # Made on first use: making a client resolves the credential chain,
         # which may ask an instance-metadata endpoint (network).
         self._client_lock = threading.Lock()
+        self._buffers_lock = threading.Lock()
+        self._buffers: list[bytearray] = []
         self._client_obj: Any = None
         # Set when the store answered RestoreObject with "not implemented"
         # (SeaweedFS): its cold classes are labels, readable at once.
@@ -398,7 +400,32 @@ class S3Vault:
     ) -> Part:
         # In memory (one part per thread): the digest has to be known before
         # the request starts, and a retry resends the same bytes.
-        data = bytearray(length)
+        data = self._take_buffer(length)
+        try:
+            return self._send_part(key, upload_id, number, source, offset, length, data)
+        finally:
+            self._give_back(data)
+
+    def _take_buffer(self, length: int) -> bytearray:
+        """A part buffer, reused: a fresh 16 MiB bytearray per part makes glibc
+        keep freed ones in per-thread arenas (its mmap threshold grows after
+        the first free), so RSS grew with the number of threads that ever sent
+        a part. At most `concurrency` buffers are kept."""
+        with self._buffers_lock:
+            for i, buf in enumerate(self._buffers):
+                if len(buf) == length:
+                    return self._buffers.pop(i)
+        return bytearray(length)
+
+    def _give_back(self, buf: bytearray) -> None:
+        with self._buffers_lock:
+            if len(self._buffers) < self.concurrency:
+                self._buffers.append(buf)
+
+    def _send_part(
+        self, key: str, upload_id: str, number: int, source: Path, offset: int, length: int,
+        data: bytearray,
+    ) -> Part:  # fmt: skip
         view = memoryview(data)
         try:
             with open(source, "rb", buffering=0) as f:

@@ -198,7 +198,7 @@ def test_backup_json_summary(cli: Cli, tmp_path: Path, src: Path) -> None:
     s = run.json()
     names, size = regular_files(src)
     assert s["state"] == "completed"
-    assert re.fullmatch(r"\d{8}T\d{6}Z-[0-9a-f]{4}", s["session"]), s["session"]
+    assert re.fullmatch(r"\d{8}T\d{6}Z-[0-9a-f]{8}", s["session"]), s["session"]
     assert s["session"][:8] == time.strftime("%Y%m%d", time.gmtime(before))
     assert s["files"] == names == 10
     assert s["bytes"] == size

@@ -118,7 +118,7 @@ class Outcome:
 
 
 def new_session_id() -> str:
-    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(2)
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(4)
 
 
 def _first_error(exc: BaseException) -> BaseException:

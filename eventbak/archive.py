@@ -469,7 +469,8 @@ class ArchiveWriter:
         self.path = path
         self.limit = limit
         self.compression = compression
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+        # 0600: a staged archive holds copies of the files it backs up
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         self._sink = _Sink(self._fd)  # closed (and its thread ended) by seal or abort
         self.raw_size = 0
         self._writers: list[zstandard.ZstdCompressionWriter | _StoredFrames] = []

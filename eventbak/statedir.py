@@ -20,6 +20,7 @@ from eventbak.core import events as ev
 from eventbak.core.log import EventLog, LogImage, TornTail, read_event_at, read_log
 from eventbak.core.state import ArchiveState, State, apply
 from eventbak.errors import LockedError, LogCorrupt, UsageError
+from eventbak.fsutil import private_dir
 
 LOG_NAME = "events.log"
 
@@ -61,8 +62,9 @@ class StateDir:
     @classmethod
     def open(cls, root: Path) -> StateDir:
         try:
-            root.mkdir(parents=True, exist_ok=True)
-            (root / "staging").mkdir(exist_ok=True)
+            # private whatever the umask: staging holds copies of every file
+            private_dir(root)
+            private_dir(root / "staging")
         except OSError as exc:
             raise UsageError(f"state dir {root}: {exc.strerror}") from None
         lock_fd = _lock(root / "lock")

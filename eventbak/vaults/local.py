@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from eventbak.errors import VaultError
-from eventbak.fsutil import fsync_dir, sha256_file
+from eventbak.fsutil import fsync_dir, private_dir, sha256_file
 from eventbak.vaults.base import Held, Part, Receipt, Tier, Unfinished
 
 _TMP_MARK = ".tmp-"
@@ -52,7 +52,10 @@ class LocalVault:
 
     def prepare(self) -> None:
         try:
-            (self.root / "archives").mkdir(parents=True, exist_ok=True)
+            # private whatever the umask; a root the user made (a mount point)
+            # keeps its mode, what is below it is ours
+            private_dir(self.root, tighten=False)
+            private_dir(self.root / "archives")
             probe = self.root / f".eventbak-probe-{os.getpid()}"
             fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             try:
@@ -80,7 +83,7 @@ class LocalVault:
         dest = self._path(key)
         try:
             if not dest.parent.is_dir():
-                dest.parent.mkdir(parents=True, exist_ok=True)
+                private_dir(dest.parent)
                 fsync_dir(dest.parent.parent)  # the new directory entry is durable too
             tmp = dest.with_name(f".{dest.name}{_TMP_MARK}{os.getpid()}")
             tmp.unlink(missing_ok=True)
@@ -89,6 +92,7 @@ class LocalVault:
                 os.link(source, tmp)
             except OSError:
                 shutil.copyfile(source, tmp)
+                os.chmod(tmp, 0o600)  # as private as the staged file, whatever the umask
                 fd = os.open(tmp, os.O_RDONLY)
                 try:
                     os.fsync(fd)
@@ -169,8 +173,9 @@ class LocalVault:
         dest = self._path(key)
         tmp = dest.with_name(f".{dest.name}{_TMP_MARK}{os.getpid()}")
         try:
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            with open(tmp, "wb") as f:
+            private_dir(dest.parent)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            with open(fd, "wb") as f:
                 f.write(data)
                 f.flush()
                 os.fsync(f.fileno())

@@ -22,16 +22,10 @@ def private_dir(path: Path, tighten: bool = True) -> None:
     """Make `path` (and missing parents, with default modes) a directory only
     its owner can enter: created 0700; an existing one set to 0700 too unless
     `tighten` is False (a directory the user made, such as a mount point)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     try:
         path.mkdir(mode=0o700)
         return
-    except FileNotFoundError:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            path.mkdir(mode=0o700)
-            return
-        except FileExistsError:
-            pass
     except FileExistsError:
         pass
     if tighten and path.is_dir() and not path.is_symlink() and path.stat().st_mode & 0o077:

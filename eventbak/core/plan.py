@@ -35,7 +35,7 @@ Why each question is asked:
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 from eventbak.core import events as ev
@@ -49,16 +49,16 @@ Goal = Literal["upload", "settle"]
 class Observed:
     """What this run learnt about one archive from the vault and from staging.
 
-    `head` is None until asked; `held` is what it said (None: nothing there).
-    `parts` likewise (`vault_parts` None: the upload id is gone)."""
+    `head` says whether the vault was asked; `held` is what it said (None:
+    nothing there). `parts` likewise for the upload's parts: `vault_parts`
+    (None: the upload id is gone) holds what ListParts said, then each part
+    this run sent as the vault confirmed it."""
 
     head: bool = False
     held: Held | None = None
     parts: bool = False
     vault_parts: list[Part] | None = None
     staged: Literal["unchecked", "ok", "missing", "damaged"] = "unchecked"
-    #: parts sent or confirmed during this run (number -> part)
-    sent: dict[int, Part] = field(default_factory=dict)
 
     @classmethod
     def fresh(cls) -> Observed:
@@ -218,8 +218,7 @@ def next_step(
     if obs.vault_parts is None:
         return Forget(a.upload_id, "the vault no longer has the upload")
     ranges = part_ranges(a.size, a.part_size)
-    held = {p.number: p for p in obs.vault_parts}
-    held.update(obs.sent)
+    held = {p.number: p for p in obs.vault_parts}  # a later entry (sent since) wins
     adopt: list[Part] = []
     missing: list[PartRange] = []
     done: list[Part] = []

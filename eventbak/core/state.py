@@ -204,7 +204,6 @@ class ArchiveState:
     upload_id: str = ""
     part_size: int = 0
     parts: dict[int, ev.PartUploaded] = field(default_factory=dict)
-    attempts: int = 0  # UploadStarted events (a measure of bytes sent again)
     # the receipt
     checksum: str = ""
     storage_class: str = ""
@@ -401,7 +400,6 @@ def _upload_started(state: State, e: ev.UploadStarted, offset: int = -1) -> None
     a.upload_id = e.upload_id
     a.part_size = e.part_size
     a.parts = {}
-    a.attempts += 1
 
 
 def _part_uploaded(state: State, e: ev.PartUploaded, offset: int = -1) -> None:

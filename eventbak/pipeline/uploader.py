@@ -124,7 +124,7 @@ class Transfers:
             elif isinstance(step, plan.Begin):
                 upload_id = await self._thread(vault.begin, key)
                 self._record(self._started(a, key, upload_id, step.part_size))
-                obs.parts, obs.vault_parts, obs.sent = True, [], {}
+                obs.parts, obs.vault_parts = True, []
             elif isinstance(step, plan.SendParts):
                 self._adopt(a, step.upload_id, step.adopt)
                 await self._send_parts(a, key, step.upload_id, step.ranges, obs)
@@ -234,7 +234,8 @@ class Transfers:
             finally:
                 slots.release()
             self._record(self._part_event(a, upload_id, part))
-            obs.sent[part.number] = part
+            if obs.vault_parts is not None:
+                obs.vault_parts.append(part)
 
         async with trio.open_nursery() as nursery:
             for r in ranges:
@@ -244,5 +245,4 @@ class Transfers:
                     break
                 nursery.start_soon(one, r)
         if gone:
-            obs.parts = False
-            obs.sent = {}
+            obs.parts = False  # list again: None then, and the upload is forgotten

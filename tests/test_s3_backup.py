@@ -450,3 +450,26 @@ def test_wrong_credentials_are_one_line_exit_4_and_the_log_stays_clean(
     assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
     assert wrong not in done.stdout + done.stderr and servers.TEST_SECRET not in done.stderr
     verify_log(state)
+
+
+def test_a_vault_refusal_during_the_sweep_pauses_the_new_session(
+    moto_server: servers.Server, tmp_path: Path
+) -> None:
+    bucket = Bucket(moto_server, "eb-sweep-refused", moto_server.endpoint_url)
+    bucket.client().create_bucket(Bucket=bucket.name)
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f").write_bytes(os.urandom(1000))
+    state = tmp_path / "state"
+    with FaultProxy(bucket.endpoint_url) as proxy:
+        proxy.error(403, "AccessDenied", "Access Denied", op="ListMultipartUploads")
+        url = bucket.via(proxy.endpoint_url).url()
+        done = run(cmd(state, "backup", str(src), "--vault", url))
+    assert done.returncode == 4, done.stderr
+    assert "access denied" in done.stderr.lower() and "Traceback" not in done.stderr
+    st, _ = read_state(state)
+    (session,) = st.sessions.values()
+    assert session.state == "paused" and session.pauses[0].startswith("error: ")
+    verify_log(state)
+    again = run(cmd(state, "backup", str(src), "--vault", bucket.url()))
+    assert again.returncode == 0 and " completed: " in again.stdout, again.stderr

@@ -33,6 +33,7 @@ reconciled with the vault by the same plan the live upload follows
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import re
@@ -599,6 +600,7 @@ async def _run_backup(
     stopper: Stopper,
 ) -> Outcome:
     await trio.to_thread.run_sync(vault.prepare)
+    session: Session | None = None
     try:
         previous = find_unfinished(sd, req)
         if previous is not None and options.new_session:
@@ -621,7 +623,17 @@ async def _run_backup(
             session = Session(sd, previous.id, resumed, vault, on_progress, options, stopper)
             await session.remove_orphans()
             await session.recover()
-    except OSError as exc:
+    except (OSError, EventbakError) as exc:
+        # The sweep or the recovery met the vault refusing or gone, or a disk
+        # error: the session opened or resumed above is paused with the reason,
+        # as a failure in the pipeline would pause it.
+        if session is not None and sd.state.sessions[session.id].state == "running":
+            why = f"error: {_describe(exc)}"
+            sd.record(ev.SessionPaused(at=time.time(), session=session.id, reason=why))
+            with contextlib.suppress(OSError):  # else the next run resumes as after a crash
+                sd.commit()
+        if isinstance(exc, EventbakError):
+            raise
         raise EventbakError(
             f"cannot prepare the session: {_describe(exc)} (the event log in {sd.root} "
             "keeps its last durable event; the next backup resumes from there)"

@@ -1,7 +1,9 @@
 """The command line: parse, call one function, print. No logic lives here.
 
 Exit codes: 0 success; 1 runtime failure; 2 usage or configuration error;
-3 session finished but some files could not be read.
+3 session finished but some files could not be read; 4 the vault refused;
+5 the vault is unreachable; 6 a key that cannot be used (identity missing,
+unreadable or not matching, an archive it cannot decrypt).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from eventbak.core import events as ev
 from eventbak.core.log import TornTail, head_of, iter_log
 from eventbak.core.state import IllegalTransition, State, apply, describe_machines
 from eventbak.errors import EXIT_PARTIAL, EventbakError, LogCorrupt, UsageError
+from eventbak.keys import identities_for, recipients_for, write_identity
 from eventbak.pipeline.coordinator import (
     DEFAULT_GRACE,
     BackupRequest,
@@ -48,7 +51,7 @@ from eventbak.pipeline.coordinator import (
     vault_ref,
 )
 from eventbak.pipeline.scanner import normalize_roots
-from eventbak.statedir import StateDir, log_path, read_state
+from eventbak.statedir import StateDir, log_path, members, read_state
 from eventbak.vaults import open_vault
 
 
@@ -131,6 +134,7 @@ def _requests(
     vault: str | None,
     archive_size: str | None,
     compression: str | None,
+    recipient: tuple[str, ...] = (),
 ) -> list[BackupRequest]:
     try:
         comp_override = parse_compression(compression) if compression else None
@@ -141,6 +145,7 @@ def _requests(
     except ValueError as exc:
         raise UsageError(f"--archive-size: {exc}") from None
     cfg = c.config
+    recipients = recipients_for(cfg.encryption, recipient)
 
     if vault:
         check_vault_url(vault)
@@ -181,6 +186,7 @@ def _requests(
                 comp_override or Compression("auto"),
                 [],
                 opts,
+                recipients,
             )
         ]
     if not cfg.datasets:
@@ -197,6 +203,9 @@ def _requests(
                 comp_override or parse_compression(ds.compression),
                 list(ds.exclude),
                 opts,
+                recipients,
+                list(ds.always_compress),
+                list(ds.never_compress),
             )
         )
     return reqs
@@ -253,6 +262,13 @@ def _summary(o: Outcome) -> dict[str, Any]:
 )
 @click.option("--archive-size", help="Archive size limit: 123, 64KiB, 128MiB, 1GiB.")
 @click.option("--compression", help="auto | none | zstd[:LEVEL]")
+@click.option(
+    "--recipient",
+    "-r",
+    multiple=True,
+    metavar="AGE1...",
+    help="Encrypt archives to this age public key (repeatable; replaces the config's).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary instead of text.")
 @click.option(
     "--new-session",
@@ -276,6 +292,7 @@ def backup(
     vault: str | None,
     archive_size: str | None,
     compression: str | None,
+    recipient: tuple[str, ...],
     as_json: bool,
     new_session: bool,
     until: str | None,
@@ -285,7 +302,7 @@ def backup(
     """Back up PATHs, or every dataset of the config (one session each).
     An unfinished session for the same paths and vault is resumed where it
     stopped."""
-    reqs = _requests(c, paths, vault, archive_size, compression)
+    reqs = _requests(c, paths, vault, archive_size, compression, recipient)
     deadline = _deadline(until, max_duration)
     options = RunOptions(deadline=deadline, grace=grace, new_session=new_session)
     catch_signals_early()
@@ -437,6 +454,13 @@ def _print_outcome(o: Outcome) -> None:
     "yet; run again later (Glacier retrieval jobs are not resumed yet: a new run starts "
     "new ones).",
 )
+@click.option(
+    "--identity",
+    "-i",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="age identity file (secret key) for encrypted archives; default: "
+    "[encryption] identity_file.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
 @click.pass_obj
 def restore(
@@ -450,6 +474,7 @@ def restore(
     thaw_days: int,
     poll: float,
     no_wait: bool,
+    identity: Path | None,
     as_json: bool,
 ) -> None:
     """Restore the latest backup (or --session) of everything, or of PATH_OR_GLOBs.
@@ -463,6 +488,9 @@ def restore(
 
     state, _ = _read_state(c)
     configured = [(v.url, v.options()) for v in c.config.vaults.values()]
+    identities, warning = identities_for(c.config.encryption, identity)
+    if warning:
+        click.echo(f"eventbak: warning: {warning}", err=True)
 
     def say(line: str) -> None:
         click.echo(f"eventbak: {line}", err=True)
@@ -481,6 +509,7 @@ def restore(
             poll=poll,
             wait=not no_wait,
             report=say,
+            identities=identities,
         )
     for w in report.warnings:
         click.echo(f"eventbak: warning: {w}", err=True)
@@ -496,6 +525,11 @@ def restore(
             f"restored {report.files} entries, {_human(report.bytes)} from session "
             f"{report.session} into {to} in {report.elapsed:.1f} s"
         )
+    for line in report.damaged:
+        click.echo(f"eventbak: error: {line}", err=True)
+    if report.damaged:
+        what = "1 archive" if len(report.damaged) == 1 else f"{len(report.damaged)} archives"
+        raise EventbakError(f"{what} could not be restored (its files are left out)")
 
 
 # -- inspect / status / replay ----------------------------------------------
@@ -526,12 +560,25 @@ def _read_state(c: Ctx) -> tuple[State, Any]:
     show_default=True,
     help="With --from-vault --wait: seconds between questions to the vault.",
 )
+@click.option(
+    "--members",
+    "show_members",
+    is_flag=True,
+    help="List each archive's entries and how each file's data is stored (zstd or stored).",
+)
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
 def inspect(
-    c: Ctx, vault: str | None, from_vault: bool, wait: bool, poll: float, as_json: bool
+    c: Ctx,
+    vault: str | None,
+    from_vault: bool,
+    wait: bool,
+    poll: float,
+    show_members: bool,
+    as_json: bool,
 ) -> None:
-    """List archives per vault, from the log (or, --from-vault, from a Glacier inventory)."""
+    """List archives per vault, from the log (or, --from-vault, from a Glacier inventory).
+    --members lists each archive's entries, with the compression decision per file."""
     if from_vault:
         _inspect_from_vault(c, vault, wait, poll, as_json)
         return
@@ -553,8 +600,21 @@ def inspect(
                 "time": a.uploaded_at or a.sealed_at or a.started_at,
                 "key": a.key,
                 "storage_class": a.storage_class,
+                "layers": a.layers,
             }
         )
+        if show_members:
+            by_vault[ref][-1]["entries"] = [
+                {
+                    "path": ev.show_path(m.path),
+                    "kind": m.kind,
+                    "size": m.size,
+                    "offset": m.offset,
+                    "length": m.length,
+                    "compression": _decision(m),
+                }
+                for m in members(c.state_dir, a)
+            ]
     if as_json:
         click.echo(json.dumps(by_vault, indent=2))
         return
@@ -564,15 +624,27 @@ def inspect(
         click.echo(f"vault {ref}: {len(rows)} archives, {_human(sum(r['size'] for r in rows))}")
         for r in rows:
             cls = f"  {r['storage_class']}" if r["storage_class"] else ""
+            layers = "+".join(["tar", *r["layers"]])
             click.echo(
                 f"  {r['id']}  {r['state']:<9} {_human(r['size']):>10} {r['members']:>7} members"
-                f"  sha256:{r['sha256'][:16]}  {_when(r['time'])}{cls}"
+                f"  {layers}  sha256:{r['sha256'][:16]}  {_when(r['time'])}{cls}"
             )
+            for e in r.get("entries", ()):
+                part = f" [{e['offset']}+{e['length']}]" if e["length"] != e["size"] else ""
+                click.echo(
+                    f"      {e['kind']:<8} {e['compression']:<6} {_human(e['size']):>10}"
+                    f"  {e['path']}{part}"
+                )
 
 
-def _inspect_from_vault(
-    c: Ctx, vault: str | None, wait: bool, poll: float, as_json: bool
-) -> None:
+def _decision(m: ev.Member) -> str:
+    """How a member's data was stored: `zstd`, `stored`, or `-` (no data)."""
+    if m.kind != "file":
+        return "-"
+    return "zstd" if m.zstd else "stored"
+
+
+def _inspect_from_vault(c: Ctx, vault: str | None, wait: bool, poll: float, as_json: bool) -> None:
     from eventbak import inventory
     from eventbak.restore import VaultResolver
 
@@ -797,3 +869,32 @@ def _count_states(state: State) -> dict[str, int]:
     for a in state.archives.values():
         counts[a.state] = counts.get(a.state, 0) + 1
     return counts
+
+
+# -- keys ---------------------------------------------------------------------
+
+
+@main.group()
+def key() -> None:
+    """age keys for encrypted archives."""
+
+
+@key.command("generate")
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Write the identity to this new file (0600) instead of standard output.",
+)
+def key_generate(output: Path | None) -> None:
+    """Make a new age identity (secret key) and print its recipient (public key).
+
+    Give the recipient to backups ([encryption] recipients or --recipient); keep
+    the identity OFF the backup host (a password manager, a safe, another
+    machine): only a restore needs it, and without it nothing can be restored."""
+    text, recipient = write_identity(output)
+    if output is None:
+        click.echo(text, nl=False)
+        click.echo(f"Public key: {recipient}", err=True)
+    else:
+        click.echo(recipient)

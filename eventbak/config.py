@@ -50,12 +50,26 @@ class DatasetConfig(msgspec.Struct, forbid_unknown_fields=True):
     exclude: list[str] = []
     vault: str | None = None
     compression: str = DEFAULT_COMPRESSION
+    #: Files matching these (gitignore patterns, like `exclude`) are always
+    #: compressed, or never; `always_compress` wins when both match.
+    always_compress: list[str] = []
+    never_compress: list[str] = []
+
+
+class EncryptionConfig(msgspec.Struct, forbid_unknown_fields=True):
+    """`[encryption]`: archives are encrypted with age to every recipient
+    (public keys, `age1...`); restoring needs one identity (secret key)."""
+
+    recipients: list[str] = []
+    recipients_file: str | None = None
+    identity_file: str | None = None
 
 
 class Config(msgspec.Struct, forbid_unknown_fields=True):
     state_dir: str | None = None
     vaults: dict[str, VaultConfig] = {}
     datasets: list[DatasetConfig] = []
+    encryption: EncryptionConfig = msgspec.field(default_factory=EncryptionConfig)
 
 
 _SIZE = re.compile(r"^\s*(\d+)\s*(B|KiB|MiB|GiB|TiB|K|M|G|T)?\s*$")
@@ -212,8 +226,30 @@ def _validate(cfg: Config, path: Path) -> None:
             parse_compression(ds.compression)
         except ValueError as exc:
             fail(f"{where}.compression", str(exc))
+        for key in ("always_compress", "never_compress"):
+            try:
+                check_patterns(getattr(ds, key))
+            except ValueError as exc:
+                fail(f"{where}.{key}", str(exc))
+    for i, r in enumerate(cfg.encryption.recipients):
+        try:
+            check_recipient(r)
+        except ValueError as exc:
+            fail(f"encryption.recipients[{i}]", str(exc))
     if cfg.state_dir is not None and not cfg.state_dir:
         fail("state_dir", "must not be empty")
+
+
+def check_patterns(patterns: list[str]) -> None:
+    from eventbak.archive.policy import check_patterns as check
+
+    check(patterns)
+
+
+def check_recipient(text: str) -> str:
+    from eventbak.archive.age import check_recipient as check
+
+    return check(text)
 
 
 def check_vault_url(url: str, options: dict[str, object] | None = None) -> None:

@@ -12,6 +12,7 @@ EXIT_USAGE = 2
 EXIT_PARTIAL = 3
 EXIT_VAULT_REFUSED = 4
 EXIT_VAULT_UNREACHABLE = 5
+EXIT_KEY = 6
 
 
 class EventbakError(Exception):
@@ -28,6 +29,15 @@ class UsageError(EventbakError):
 
 class ConfigError(UsageError):
     """A configuration file that cannot be used (exit 2)."""
+
+
+class KeyProblem(EventbakError):
+    """An encryption key that cannot be used: a recipient that does not
+    parse, an identity file missing or unreadable or matching none of the
+    archives' recipients, an archive the identity cannot decrypt (exit 6).
+    The message names the key or file, never its secret."""
+
+    exit_code = EXIT_KEY
 
 
 class LogCorrupt(EventbakError):

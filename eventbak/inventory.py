@@ -137,9 +137,7 @@ def _receive(sd: StateDir, vault: InventoryVault, job: InventoryState) -> Invent
     entries = vault.read_inventory(job.job)
     state = sd.state
     in_log = {
-        a.key: a
-        for a in state.archives.values()
-        if a.state == "uploaded" and a.vault == vault.ref
+        a.key: a for a in state.archives.values() if a.state == "uploaded" and a.vault == vault.ref
     }
     listed = {e.archive_id for e in entries}
     report = InventoryReport(vault.ref, job.job, "received", job.requested_at, len(entries))

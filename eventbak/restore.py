@@ -77,9 +77,10 @@ import msgspec
 import zstandard
 
 from eventbak import archive as ar
+from eventbak.archive.age import AgeError, Decrypting, Identities
 from eventbak.core import events as ev
 from eventbak.core.state import ArchiveState, SessionState, State
-from eventbak.errors import EventbakError, UsageError, VaultError, VaultUnreachable
+from eventbak.errors import EventbakError, KeyProblem, UsageError, VaultError, VaultUnreachable
 from eventbak.statedir import members
 from eventbak.vaults import Vault, open_vault, parse_vault
 from eventbak.vaults.base import Held, Tier
@@ -635,6 +636,11 @@ class _Verifier(io.RawIOBase):
         return self.count, self._sha.hexdigest()
 
 
+class ArchiveDamaged(VaultError):
+    """One archive's bytes are not what the log says, or do not decode: its
+    files are left out, the other archives are restored."""
+
+
 class _BadMember(Exception):
     """The tar stream disagrees with the catalog (a member ends early, or has
     another size); the digest says next whether the archive is damaged."""
@@ -645,6 +651,7 @@ def _read_archive(
     wanted: dict[bytes, list[Item]],
     ex: _Extractor,
     writers: _Writers,
+    identities: Identities | None = None,
 ) -> None:
     """Extract the wanted members of one archive to temporary names while
     reading it once, then check its size and SHA-256 (VaultError if wrong).
@@ -657,21 +664,21 @@ def _read_archive(
     try:
         check = _Verifier(source, a)
         try:
-            left = _extract(a, check, wanted, ex, writers, left)
-        except (tarfile.TarError, zstandard.ZstdError, EOFError, _BadMember) as exc:
+            left = _extract(a, check, wanted, ex, writers, left, identities)
+        except (tarfile.TarError, zstandard.ZstdError, EOFError, _BadMember, AgeError) as exc:
             problem = str(exc) or type(exc).__name__
         size, digest = check.finish()
     finally:
         source.close()
     if digest != a.sha256 or size != a.size:
         sizes = f" ({size} bytes, expected {a.size})" if size != a.size else ""
-        raise VaultError(
+        raise ArchiveDamaged(
             f"archive {a.id} in {a.vault} is damaged: sha256 {digest}, expected {a.sha256}{sizes}"
         )
     if problem:
-        raise VaultError(f"archive {a.id} in {a.vault} cannot be read: {problem}")
+        raise ArchiveDamaged(f"archive {a.id} in {a.vault} cannot be read: {problem}")
     if left:
-        raise VaultError(f"archive {a.id} in {a.vault} lacks {left} members its catalog lists")
+        raise ArchiveDamaged(f"archive {a.id} in {a.vault} lacks {left} members its catalog lists")
 
 
 def _extract(
@@ -681,17 +688,47 @@ def _extract(
     ex: _Extractor,
     writers: _Writers,
     left: int,
+    identities: Identities | None,
 ) -> int:
     """The tar loop; returns how many wanted members it did not find."""
-    stream: IO[bytes]
-    if a.compression != "none":
-        stream = zstandard.ZstdDecompressor().stream_reader(
-            source,  # type: ignore[arg-type]
-            read_size=_CHUNK,
-            read_across_frames=True,
-        )
-    else:  # tar reads 10 KiB at a time
+    with contextlib.ExitStack() as layers:
+        stream = _reader_stack(a, source, identities, layers)
+        return _tar_loop(stream, wanted, ex, writers, left)
+
+
+def _reader_stack(
+    a: ArchiveState,
+    source: _Verifier,
+    identities: Identities | None,
+    layers: contextlib.ExitStack,
+) -> IO[bytes]:
+    """The archive's layers undone in reverse order (age, then zstd), as the log names them."""
+    stream: IO[bytes] = source  # type: ignore[assignment]
+    for name in reversed(a.layers):
+        if name == "age":
+            if identities is None:  # restore() checks first; this is the last word
+                raise KeyProblem(f"archive {a.id} is encrypted: give --identity FILE")
+            stream = layers.enter_context(contextlib.closing(Decrypting(stream, identities)))  # type: ignore[arg-type]
+        elif name == "zstd":
+            stream = zstandard.ZstdDecompressor().stream_reader(
+                stream,
+                read_size=_CHUNK,
+                read_across_frames=True,
+            )
+        else:
+            raise VaultError(f"archive {a.id} has a layer this version cannot read: {name}")
+    if not a.layers:  # tar reads 10 KiB at a time
         stream = io.BufferedReader(source, _CHUNK)
+    return stream
+
+
+def _tar_loop(
+    stream: IO[bytes],
+    wanted: dict[bytes, list[Item]],
+    ex: _Extractor,
+    writers: _Writers,
+    left: int,
+) -> int:
     with tarfile.open(fileobj=stream, mode="r|", errorlevel=2) as tf:
         for ti in tf:
             items = wanted.get(ti.name.encode("utf-8", "surrogateescape"))
@@ -699,6 +736,9 @@ def _extract(
                 continue
             for item in items:
                 m = item.member
+                if m.segmented and ex.dest(item.dest) in ex.dropped:
+                    left -= 1  # the rest of a file that lost a segment to a damaged archive
+                    continue
                 if m.kind == "file":
                     if ti.size != m.length:
                         raise _BadMember(
@@ -1019,6 +1059,20 @@ class _Extractor:
             _unlink_quietly(s.tmp)
         self.staged, self.committing, self.splits = [], [], {}
 
+    def reject(self, wanted: dict[bytes, list[Item]]) -> None:
+        """The archive just read is damaged: its temporary files go, and every
+        file it holds (a part of) is left out, split files included."""
+        for s in self.staged:
+            _unlink_quietly(s.tmp)
+        self.staged = []
+        for items in wanted.values():
+            for item in items:
+                dest = self.dest(item.dest)
+                self.dropped.add(dest)
+                split = self.splits.pop(dest, None)
+                if split is not None:
+                    _unlink_quietly(split.staged.tmp)
+
     def drop_incomplete(self, warnings: list[str]) -> None:
         """Split files whose later segments are in archives not uploaded: left
         out (a file with a hole of zeros would look restored)."""
@@ -1125,6 +1179,7 @@ class RestoreReport:
     archives: int = 0  # read from their vaults (each once)
     read_bytes: int = 0
     pending: int = 0  # archives not readable yet (--no-wait): nothing was restored
+    damaged: list[str] = field(default_factory=list)  # archives left out, one line each
 
 
 def restore(
@@ -1142,6 +1197,7 @@ def restore(
     wait: bool = True,
     report: Callable[[str], None] | None = None,
     sleep: Callable[[float], None] = time.sleep,
+    identities: Identities | None = None,
 ) -> RestoreReport:
     """Restore the selected entries below `to` (see the module's docstring
     for the order of the steps and what a failure leaves).
@@ -1155,6 +1211,7 @@ def restore(
     plan = plan_restore(state, root, patterns, session)
     archives = [a for a, _ in plan.by_archive]
     check_tier(archives, tier)
+    check_keys(state, archives, identities)
     try:
         to.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -1188,7 +1245,7 @@ def restore(
         if pending:
             elapsed = time.monotonic() - started
             return RestoreReport(sessions, 0, 0, elapsed, plan.warnings, pending=pending)
-        _extract_all(plan, fetches, ex)
+        damaged = _extract_all(plan, fetches, ex, identities)
     finally:
         if own is not None:
             own.close()
@@ -1200,17 +1257,52 @@ def restore(
         plan.warnings,
         archives=len(archives),
         read_bytes=sum(a.size for a in archives),
+        damaged=damaged,
     )
 
 
-def _extract_all(plan: Plan, fetches: list[Fetch], ex: _Extractor) -> None:
+def check_keys(state: State, archives: list[ArchiveState], identities: Identities | None) -> None:
+    """Before anything is read: encrypted archives need an identity that
+    matches one of their session's recipients (KeyProblem otherwise)."""
+    encrypted = [a for a in archives if "age" in a.layers]
+    if not encrypted:
+        return
+    if identities is None:
+        raise KeyProblem(
+            f"{len(encrypted)} archive{_s(len(encrypted))} to read "
+            f"{'is' if len(encrypted) == 1 else 'are'} encrypted (first: {encrypted[0].id}): "
+            "give --identity FILE or set identity_file in [encryption]"
+        )
+    for sid in dict.fromkeys(a.session for a in encrypted):
+        recipients = state.sessions[sid].recipients
+        if recipients and not identities.recipients.intersection(recipients):
+            raise KeyProblem(
+                f"identity file {identities.path} matches none of the recipients session "
+                f"{sid} was encrypted to ({', '.join(recipients)})"
+            )
+
+
+def _extract_all(
+    plan: Plan, fetches: list[Fetch], ex: _Extractor, identities: Identities | None
+) -> list[str]:
+    """Every archive in turn; returns the damaged ones' errors (their files
+    are left out, and split files with a segment in them)."""
     writers = _Writers()
     done = False
+    damaged: list[str] = []
     try:
         for item in sorted(plan.dirs, key=lambda i: i.dest.count(b"/")):
             ex.make_dir(item)
         for f, (_, wanted) in zip(fetches, plan.by_archive, strict=True):
-            _read_archive(f, wanted, ex, writers)
+            counts = ex.files, ex.bytes
+            try:
+                _read_archive(f, wanted, ex, writers, identities)
+            except ArchiveDamaged as exc:
+                damaged.append(str(exc))
+                writers.drain()  # its writes ran: its temporary files can go
+                ex.reject(wanted)
+                ex.files, ex.bytes = counts
+                continue
             writers.drain()  # this archive's writes, and the renames of the one before
             ex.committing = []
             ex.commit(writers)
@@ -1221,6 +1313,7 @@ def _extract_all(plan: Plan, fetches: list[Fetch], ex: _Extractor) -> None:
             ex.hardlink(item, plan.warnings)
         ex.finish_dirs(plan.dirs)
         done = True
+        return damaged
     except OSError as exc:
         raise EventbakError(
             f"restore failed: {exc.strerror or exc}: {_shown(exc.filename)}"

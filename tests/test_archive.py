@@ -1,5 +1,6 @@
 """The archive writer: stored (raw-block) zstd frames, the size limit with
-mixed compression classes, and write errors from the sink's thread."""
+mixed compression classes and with encryption on, and write errors from the
+sink's thread."""
 
 from __future__ import annotations
 
@@ -15,12 +16,15 @@ import tempfile
 import threading
 from pathlib import Path
 
+import pyrage
 import pytest
 import zstandard
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from eventbak import archive as ar
+from eventbak.archive import age
+from eventbak.archive.policy import Policy
 from eventbak.config import Compression
 from eventbak.pipeline import builder
 from eventbak.pipeline.scanner import walk
@@ -29,10 +33,28 @@ KiB = 1024
 MiB = 1024 * 1024
 
 
-def _decode_all(raw: bytes) -> bytes:
+SECRET, RECIPIENT = age.generate()
+AUTO = ar.ArchiveFormat(Compression("auto"))
+FORMATS = {
+    "auto": AUTO,
+    "auto+age": ar.ArchiveFormat(Compression("auto"), (RECIPIENT,)),
+    "none+age": ar.ArchiveFormat(Compression("none"), (RECIPIENT,)),
+    "none": ar.ArchiveFormat(Compression("none")),
+}
+
+
+def _decode_all(raw: bytes, fmt: ar.ArchiveFormat = AUTO) -> bytes:
+    if "age" in fmt.layers:
+        raw = pyrage.decrypt(raw, [pyrage.x25519.Identity.from_str(SECRET)])
+    if "zstd" not in fmt.layers:
+        return raw
     return (
         zstandard.ZstdDecompressor().stream_reader(io.BytesIO(raw), read_across_frames=True).read()
     )
+
+
+def _packer(staging: Path, limit: int, fmt: ar.ArchiveFormat = AUTO) -> builder.Packer:
+    return builder.Packer("s", staging, limit, fmt, Policy(fmt.compression))
 
 
 def test_stored_frames_are_raw_blocks_every_decoder_reads(tmp_path: Path) -> None:
@@ -40,15 +62,15 @@ def test_stored_frames_are_raw_blocks_every_decoder_reads(tmp_path: Path) -> Non
     sizes = [0, 1, 511, 512, 128 * KiB - 1, 128 * KiB, 128 * KiB + 1, MiB + 5, 3, 300_000]
     chunks = [os.urandom(n) for n in sizes]
     path = tmp_path / "a.zst"
-    w = ar.ArchiveWriter(path, 64 * MiB, Compression("auto"))
-    w.select(b"/x/movie.mp4")
+    w = ar.ArchiveWriter(path, 64 * MiB, AUTO)
+    w.select(False)  # movie.mp4
     for i, c in enumerate(chunks):
         w.write(c)
         if i % 3 == 2:
             w.tighten()  # FLUSH_BLOCK: the partial block goes out
-    w.select(b"/x/notes.txt")  # the stored frame ends, a level-3 frame starts
+    w.select(True)  # notes.txt: the stored frame ends, a level-3 frame starts
     w.write(b"text " * 1000)
-    w.select(b"/x/photo.JPG")
+    w.select(False)  # photo.JPG
     w.write(b"tail")
     size, raw_size, sha = w.seal()
     data = path.read_bytes()
@@ -67,8 +89,8 @@ def test_stored_frames_are_raw_blocks_every_decoder_reads(tmp_path: Path) -> Non
 def test_stored_frame_overhead_is_three_bytes_per_block(tmp_path: Path) -> None:
     n = 5 * 128 * KiB + 100
     path = tmp_path / "a.zst"
-    w = ar.ArchiveWriter(path, 64 * MiB, Compression("auto"))
-    w.select(b"/m.mkv")
+    w = ar.ArchiveWriter(path, 64 * MiB, AUTO)
+    w.select(False)
     w.write(os.urandom(n))
     w.seal()  # adds the end of archive (1024 bytes) to the same frame
     blocks = -(-(n + 1024) // (128 * KiB))
@@ -87,10 +109,12 @@ _member = st.tuples(
 @given(
     members=st.lists(_member, min_size=1, max_size=40),
     limit=st.sampled_from([64 * KiB, 100 * KiB, 300 * KiB, MiB]),
+    fmt=st.sampled_from(sorted(FORMATS)),
 )
-def test_mixed_classes_stay_under_the_limit_and_fill_archives(
-    members: list[tuple[str, int, bool]], limit: int
+def test_every_stack_stays_under_the_limit_and_fills_archives(
+    members: list[tuple[str, int, bool]], limit: int, fmt: str
 ) -> None:
+    stack = FORMATS[fmt]
     with tempfile.TemporaryDirectory() as tmp:
         t = Path(tmp)
         src = t / "src"
@@ -100,16 +124,18 @@ def test_mixed_classes_stay_under_the_limit_and_fill_archives(
             (src / f"f{i:03d}{suffix}").write_bytes(body[:n])
         staging = t / "staging"
         staging.mkdir()
-        packer = builder.Packer("s", staging, limit, Compression("auto"))
+        packer = _packer(staging, limit, stack)
         outputs = packer.pack(list(walk([os.fsencode(src)]))) + packer.finish()
         sealed = [o for o in outputs if isinstance(o, builder.Sealed)]
         got: dict[str, bytes] = {}
         for i, s in enumerate(sealed):
             size = s.path.stat().st_size
             assert size == s.event.size <= limit
+            assert s.path.name.endswith(stack.suffix) and s.event.layers == stack.layers
             data = s.path.read_bytes()
             assert hashlib.sha256(data).hexdigest() == s.event.sha256
-            with tarfile.open(fileobj=io.BytesIO(_decode_all(data))) as tf:
+            with tarfile.open(fileobj=io.BytesIO(_decode_all(data, stack))) as tf:
+                assert tf.pax_headers["EVENTBAK.archive"] == s.event.archive
                 for m in tf.getmembers():
                     f = tf.extractfile(m)
                     if f is not None:
@@ -119,8 +145,8 @@ def test_mixed_classes_stay_under_the_limit_and_fill_archives(
                 # that member's worst case and the reserves
                 nxt = sealed[i + 1].event.members[0]
                 need = ar.padded(nxt.length) + 3 * ar.BLOCK
-                slack = ar.ArchiveWriter.worst_case(need)
-                slack += ar.ArchiveWriter.END_RESERVE + ar.ArchiveWriter.SWITCH_RESERVE
+                # its worst case through the stack, the reserves and age's grease
+                slack = stack.fresh_size(need) + 2 * KiB
                 if nxt.length == nxt.size:  # not a segment (those are cut to fit)
                     assert size >= limit - slack, (size, limit, slack)
         joined: dict[str, bytes] = {}
@@ -143,8 +169,8 @@ from eventbak.config import Compression
 resource.setrlimit(resource.RLIMIT_FSIZE, (256 * 1024, 256 * 1024))
 for n, chunk in ((8, 1 << 20), (1, 600 * 1024)):
     path = Path({str(tmp_path)!r}) / f"a{{n}}.zst"
-    w = ar.ArchiveWriter(path, 64 << 20, Compression("auto"))
-    w.select(b"/big.mp4")
+    w = ar.ArchiveWriter(path, 64 << 20, ar.ArchiveFormat(Compression("auto")))
+    w.select(False)
     where = "none"
     try:
         for _ in range(n):
@@ -169,10 +195,10 @@ for n, chunk in ((8, 1 << 20), (1, 600 * 1024)):
 
 def test_seal_and_abort_end_the_sink_thread(tmp_path: Path) -> None:
     before = threading.active_count()
-    w = ar.ArchiveWriter(tmp_path / "a.zst", MiB, Compression("zstd"))
+    w = ar.ArchiveWriter(tmp_path / "a.zst", MiB, FORMATS["auto+age"])
     w.write(b"x" * 1000)
     w.seal()
-    w2 = ar.ArchiveWriter(tmp_path / "b.zst", MiB, Compression("none"))
+    w2 = ar.ArchiveWriter(tmp_path / "b.zst", MiB, FORMATS["none+age"])
     w2.write(b"y" * 512)
     w2.abort()
     assert threading.active_count() == before
@@ -182,18 +208,20 @@ def test_seal_and_abort_end_the_sink_thread(tmp_path: Path) -> None:
 @pytest.mark.parametrize("compression", ["auto", "none", "zstd:1"])
 def test_many_tiny_writes_are_gathered_in_order(tmp_path: Path, compression: str) -> None:
     mode, level = [*compression.split(":"), "3"][:2]
-    w = ar.ArchiveWriter(tmp_path / "a", 64 * MiB, Compression(mode, int(level)))
+    fmt = ar.ArchiveFormat(Compression(mode, int(level)))
+    w = ar.ArchiveWriter(tmp_path / "a", 64 * MiB, fmt)
     parts = [os.urandom(i % 700) for i in range(3000)]
     for i, p in enumerate(parts):
-        w.select(b"/a.jpg" if (i // 500) % 2 else b"/a.txt")
+        w.select(not (i // 500) % 2)
         w.write(p)
     w.seal()
     data = (tmp_path / "a").read_bytes()
-    plain = data if mode == "none" else _decode_all(data)
+    plain = _decode_all(data, fmt)
     assert plain == b"".join(parts) + ar.END_OF_ARCHIVE
 
 
-def test_limit_holds_while_zstd_workers_hold_megabytes(tmp_path: Path) -> None:
+@pytest.mark.parametrize("fmt", ["auto", "auto+age"])
+def test_limit_holds_while_zstd_workers_hold_megabytes(tmp_path: Path, fmt: str) -> None:
     # Large archives: the level-3 frame's worker threads hold many MiB of
     # input; room() counts them from zstd's frame progression, not by waiting.
     src = tmp_path / "src"
@@ -210,7 +238,7 @@ def test_limit_holds_while_zstd_workers_hold_megabytes(tmp_path: Path) -> None:
     limit = 6 * MiB
     staging = tmp_path / "staging"
     staging.mkdir()
-    packer = builder.Packer("s", staging, limit, Compression("auto"))
+    packer = _packer(staging, limit, FORMATS[fmt])
     outputs = packer.pack(list(walk([os.fsencode(src)]))) + packer.finish()
     sealed = [o for o in outputs if isinstance(o, builder.Sealed)]
     assert len(sealed) >= 4
@@ -218,7 +246,7 @@ def test_limit_holds_while_zstd_workers_hold_megabytes(tmp_path: Path) -> None:
         assert s.path.stat().st_size <= limit
     # all but the last are nearly full (within one member's worst case)
     assert all(s.path.stat().st_size >= limit - 3 * MiB - 8 * KiB for s in sealed[:-1])
-    restored = b"".join(_decode_all(s.path.read_bytes()) for s in sealed)
+    restored = b"".join(_decode_all(s.path.read_bytes(), FORMATS[fmt]) for s in sealed)
     with tarfile.open(fileobj=io.BytesIO(restored), ignore_zeros=True) as tf:
         got: dict[str, bytes] = {}
         for m in tf.getmembers():

@@ -14,6 +14,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from eventbak.archive import ArchiveFormat
+from eventbak.archive.policy import Policy
 from eventbak.config import Compression
 from eventbak.pipeline import builder
 from eventbak.statedir import members, read_state
@@ -229,7 +231,9 @@ def _pack_one(tmp_path: Path, path: Path, monkeypatch: pytest.MonkeyPatch | None
 
     staging = tmp_path / "staging"
     staging.mkdir(exist_ok=True)
-    packer = builder.Packer("s", staging, 64 * MiB, Compression("auto"))
+    packer = builder.Packer(
+        "s", staging, 64 * MiB, ArchiveFormat(Compression("auto")), Policy(Compression("auto"))
+    )
     entries = list(walk([os.fsencode(path)]))
     return packer, entries
 
@@ -311,14 +315,15 @@ def test_file_that_grows_while_read_is_cut_at_its_size(
 
 
 @pytest.mark.parametrize("damaged_index", [0, 3])
-def test_damaged_archive_stops_restore_before_any_of_its_members(
+def test_damaged_archive_is_left_out_and_the_others_restore(
     tmp_path: Path, damaged_index: int
 ) -> None:
     """Each archive is read once, its sha256 checked as it streams, and its
     members written under temporary names that become final only once it
-    verified: a flipped byte in the vault stops the restore with a one-line
-    error naming the archive, none of its members is left (not even under a
-    temporary name); the archives before it were restored intact."""
+    verified: a flipped byte in the vault fails that archive with a one-line
+    error naming it, none of its members is left (not even under a temporary
+    name, nor a split file with a segment in it); every other archive is
+    restored intact, and the exit code says the restore is incomplete."""
     src = tmp_path / "src"
     _tree(src, 40, 30 * KiB)
     (src / "movie.mp4").write_bytes(os.urandom(200 * KiB))
@@ -339,18 +344,24 @@ def test_damaged_archive_stops_restore_before_any_of_its_members(
         text=True,
         timeout=60,
     )
-    assert run.returncode != 0
+    assert run.returncode == 1
     assert "Traceback" not in run.stderr
-    assert bad.id in run.stderr and "damaged" in run.stderr
-    assert len(run.stderr.strip().splitlines()) == 1, run.stderr
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 2, run.stderr
+    assert bad.id in lines[0] and "damaged" in lines[0]
+    assert lines[1] == "eventbak: error: 1 archive could not be restored (its files are left out)"
+    in_bad = {m.path for m in members(tmp_path / "state", bad)}
+    checked = 0
     for a in archives:
         for m in members(tmp_path / "state", a):
-            if m.kind != "file" or m.segmented:
+            if m.kind != "file":
                 continue
             dest = os.fsencode(to) + m.path
-            if a.id < bad.id:
-                assert sha256_of(dest) == sha256_of(m.path)
-            elif a.id == bad.id:
+            if m.path in in_bad:
                 assert not os.path.lexists(dest)
+            elif not m.segmented:
+                assert sha256_of(dest) == sha256_of(m.path)
+                checked += a.id > bad.id
+    assert checked  # archives after the damaged one were restored too
     left = [n for _, dirs, names in os.walk(to) for n in dirs + names if ".eventbak-" in n]
     assert left == []

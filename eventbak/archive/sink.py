@@ -109,6 +109,9 @@ class _Sink:
                 self._hand_over()
         return n
 
+    def take(self, data: bytes | memoryview) -> None:
+        self.write(data)
+
     def _hand_over(self) -> None:
         if self._batch:
             self._queue.put(self._batch)
@@ -125,6 +128,9 @@ class _Sink:
             self._thread.join()
         self._raise()
 
+    def abort(self) -> None:
+        self.discard()
+
     def discard(self) -> None:
         """Stop the thread; what was not yet written is dropped, errors ignored."""
         if self._thread.is_alive():
@@ -132,6 +138,3 @@ class _Sink:
             self._error = self._error or OSError("archive discarded")
             self._queue.put(None)
             self._thread.join()
-
-
-#: zstd frame magic, then a frame header descriptor with no content size, no

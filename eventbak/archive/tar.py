@@ -168,3 +168,16 @@ def tar_header(
     pax_name = (b"PaxHeaders/" + short.rsplit(b"/", 1)[-1])[:100]
     head = tar_header(pax_name, PAXTYPE, 0o644, 0, 0, len(records), min(max(mtime, 0), _MAX_MTIME))
     return head + records + b"\0" * (padded(len(records)) - len(records)) + header
+
+
+GLOBALTYPE = b"g"
+#: The archive format version, in every archive's global header.
+FORMAT_VERSION = 1
+
+
+def global_header(records: dict[str, str]) -> bytes:
+    """A pax global header (typeflag `g`, named like GNU tar's) holding
+    `records` (vendor keywords: GNU tar and Python's tarfile pass over them)."""
+    body = b"".join(_pax_record(k.encode(), v.encode()) for k, v in records.items())
+    head = tar_header(b"pax_global_header", GLOBALTYPE, 0o644, 0, 0, len(body), 0)
+    return head + body + b"\0" * (padded(len(body)) - len(body))

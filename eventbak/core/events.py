@@ -45,6 +45,9 @@ class Member(msgspec.Struct, array_like=True, frozen=True, gc=False):
     offset: int = 0
     length: int = 0
     changed: bool = False
+    #: The member's data went through the zstd compressor (False: stored as
+    #: is, or no zstd layer; logs before 0.3 say False whatever was done).
+    zstd: bool = False
 
     @property
     def segmented(self) -> bool:
@@ -76,6 +79,12 @@ class SessionOpened(_Base, frozen=True):
     version: str = ""
     #: The vault URL as given, with its options (never credentials).
     vault_url: str = ""
+    #: The age recipients (public keys) every archive of the session is
+    #: encrypted to; empty: not encrypted.
+    recipients: list[str] = []
+    #: The dataset's patterns that force (or forbid) compression per file.
+    always_compress: list[str] = []
+    never_compress: list[str] = []
 
 
 class SessionResumed(_Base, frozen=True):
@@ -180,11 +189,14 @@ class ArchiveSealed(_Base, frozen=True):
     files: int = 0
     bytes: int = 0
     last: Member | None = None
+    #: The archive's layers over tar, in writing order ("zstd", "age"); logs
+    #: before 0.3 have none: `compression` tells then (see `archive_layers`).
+    layers: list[str] = []
 
     @classmethod
     def of(
         cls, at: float, archive: str, staged: str, size: int, raw_size: int, sha256: str,
-        compression: str, members: list[Member],
+        compression: str, members: list[Member], layers: list[str] | None = None,
     ) -> ArchiveSealed:  # fmt: skip
         """The event with its summary fields computed from `members`."""
         files = data = 0
@@ -197,7 +209,7 @@ class ArchiveSealed(_Base, frozen=True):
         return cls(
             at=at, archive=archive, staged=staged, size=size, raw_size=raw_size, sha256=sha256,
             compression=compression, members=members, count=len(members), files=files,
-            bytes=data, last=members[-1] if members else None,
+            bytes=data, last=members[-1] if members else None, layers=layers or [],
         )  # fmt: skip
 
 
@@ -217,6 +229,9 @@ class ArchiveSealedHead(_Base, frozen=True, tag="ArchiveSealed"):
     files: int = 0
     bytes: int = 0
     last: Member | None = None
+    #: The archive's layers over tar, in writing order ("zstd", "age"); logs
+    #: before 0.3 have none: `compression` tells then (see `archive_layers`).
+    layers: list[str] = []
 
 
 class ArchiveDiscarded(_Base, frozen=True):
@@ -357,6 +372,22 @@ Event = _EVERY_OTHER_EVENT | ArchiveSealed
 HeadEvent = _EVERY_OTHER_EVENT | ArchiveSealedHead
 
 EVENT_TYPES: tuple[type[_Base], ...] = typing.get_args(Event)
+
+
+#: The suffix each layer adds to an archive's name, after `.tar`.
+LAYER_SUFFIXES = {"zstd": ".zst", "age": ".age"}
+
+
+def archive_layers(layers: list[str], compression: str) -> list[str]:
+    """An archive's layers, also for logs that did not record them."""
+    if layers:
+        return layers
+    return [] if compression == "none" else ["zstd"]
+
+
+def archive_suffix(layers: list[str]) -> str:
+    """`.tar`, `.tar.zst`, `.tar.age`, `.tar.zst.age`."""
+    return ".tar" + "".join(LAYER_SUFFIXES[n] for n in layers)
 
 
 def event_name(event: Event | HeadEvent) -> str:

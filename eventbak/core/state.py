@@ -163,6 +163,9 @@ class SessionState:
     last_member: ev.Member | None = None
     error: str = ""
     vault_url: str = ""  # the URL (with options) of its latest run
+    recipients: list[str] = field(default_factory=list)  # age public keys; empty: not encrypted
+    always_compress: list[str] = field(default_factory=list)
+    never_compress: list[str] = field(default_factory=list)
 
     @property
     def interruptions(self) -> int:
@@ -188,6 +191,7 @@ class ArchiveState:
     raw_size: int = 0
     sha256: str = ""
     compression: str = ""
+    layers: list[str] = field(default_factory=list)  # over tar, in writing order
     # the member list stays in the log (record at `offset`: statedir.members);
     # the fold keeps its summary only, so memory does not grow with files
     offset: int = -1
@@ -213,7 +217,7 @@ class ArchiveState:
     @property
     def suffix(self) -> str:
         """The name suffix of its staged file and vault object."""
-        return ".tar" if self.compression == "none" else ".tar.zst"
+        return ev.archive_suffix(self.layers)
 
 
 @dataclass
@@ -294,6 +298,9 @@ def _opened(state: State, e: Any, offset: int = -1) -> None:
         archive_size=e.archive_size,
         compression=e.compression,
         opened_at=e.at,
+        recipients=list(e.recipients),
+        always_compress=list(e.always_compress),
+        never_compress=list(e.never_compress),
     )
     _step_session(s, "open", e)
     state.sessions[e.session] = s
@@ -362,6 +369,7 @@ def _sealed(state: State, e: Any, offset: int) -> None:
     a.raw_size = e.raw_size
     a.sha256 = e.sha256
     a.compression = e.compression
+    a.layers = ev.archive_layers(e.layers, e.compression)
     a.offset = offset
     a.count = e.count
     a.files = e.files

@@ -25,7 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from eventbak import archive as ar
-from eventbak.config import Compression
+from eventbak.archive.layers import ArchiveFormat
+from eventbak.archive.policy import HEAD, Policy
 from eventbak.core import events as ev
 from eventbak.fsutil import fsync_dir
 from eventbak.pipeline.scanner import Entry
@@ -75,7 +76,8 @@ class Packer:
         session: str,
         staging: Path,
         limit: int,
-        compression: Compression,
+        fmt: ArchiveFormat,
+        policy: Policy,
         next_index: int = 1,
         stop: threading.Event | None = None,
         on_seal: Callable[[list[Output]], None] | None = None,
@@ -83,7 +85,8 @@ class Packer:
         self.session = session
         self.staging = staging
         self.limit = limit
-        self.compression = compression
+        self.format = fmt
+        self.policy = policy
         self.next_index = next_index
         self.stop = stop or threading.Event()
         self.on_seal = on_seal
@@ -92,6 +95,14 @@ class Packer:
         self._out: list[Output] = []
         self._links: dict[tuple[int, int], bytes] = {}
         self.min_segment = min(MIN_SEGMENT, limit // 8)
+        # the most tar bytes of one member an empty archive holds (its global
+        # header and the end of archive aside)
+        overhead = len(self._global_header("x")) + len(ar.END_OF_ARCHIVE)
+        lo, hi = 0, limit
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            lo, hi = (mid, hi) if fmt.fresh_size(overhead + mid) <= limit else (lo, mid - 1)
+        self._fresh_max = lo
 
     # -- archive lifecycle ----------------------------------------------
 
@@ -105,12 +116,24 @@ class Packer:
             aid = self.archive_id(index)
             path = self.staging / f"{aid}.partial"
             path.unlink(missing_ok=True)
-            writer = ar.ArchiveWriter(path, self.limit, self.compression)
+            writer = ar.ArchiveWriter(path, self.limit, self.format)
             self._open = _Open(writer, aid, index)
+            writer.write(self._global_header(aid))
             self._out.append(
                 ev.ArchiveStarted(at=time.time(), session=self.session, archive=aid, index=index)
             )
         return self._open
+
+    def _global_header(self, archive: str) -> bytes:
+        """The first member of every archive: what the archive is, on its own."""
+        return ar.global_header(
+            {
+                "EVENTBAK.format": str(ar.FORMAT_VERSION),
+                "EVENTBAK.archive": archive,
+                "EVENTBAK.session": self.session,
+                "EVENTBAK.layers": ",".join(self.format.layers) or "none",
+            }
+        )
 
     def _seal(self) -> None:
         cur = self._open
@@ -118,7 +141,7 @@ class Packer:
             return
         try:
             size, raw, sha = cur.writer.seal()
-            final = self.staging / f"{cur.archive}{self.compression.suffix}"
+            final = self.staging / f"{cur.archive}{self.format.suffix}"
             os.replace(cur.writer.path, final)
             fsync_dir(self.staging)
         except BaseException:
@@ -132,8 +155,9 @@ class Packer:
             size=size,
             raw_size=raw,
             sha256=sha,
-            compression=str(self.compression),
+            compression=str(self.format.compression),
             members=cur.members,
+            layers=self.format.layers,
         )
         self.progress.archives += 1
         self._out.append(Sealed(event, final))
@@ -313,9 +337,9 @@ class Packer:
             ar.member_name(path, "file"), ar.REGTYPE, st.st_mode, st.st_uid, st.st_gid, size, mtime
         )
         need = len(whole) + ar.padded(size)
-        fresh_room = self.limit - ar.ArchiveWriter.worst_case(0) - ar.ArchiveWriter.END_RESERVE
+        whole_fits = start == 0 and need <= self._fresh_max
         changed: list[str] = []
-        if start == 0 and size <= SMALL_FILE and ar.ArchiveWriter.worst_case(need) <= fresh_room:
+        if whole_fits and size <= SMALL_FILE:
             # one read (a byte more than expected tells that it grew), one write
             try:
                 data = os.read(fd, size + 1)
@@ -327,20 +351,22 @@ class Packer:
                     changed.append("grew while read" if len(data) > size else "shrank while read")
                 data = data[:size].ljust(size, b"\0")
             cur = self._fit(need)
-            cur.writer.select(path)
+            cur.writer.select(self.policy.decide(path, data[:HEAD], size))
             cur.writer.write(whole + data + bytes(need - len(whole) - size))
             self.progress.bytes += size
             _check_unchanged(fd, st, changed)
             self._add_member(cur, path, st, 0, size, changed)
-        elif start == 0 and ar.ArchiveWriter.worst_case(need) <= fresh_room:
+        elif whole_fits:
+            compress = self._decide(fd, path, size)
             cur = self._fit(need)
-            cur.writer.select(path)
+            cur.writer.select(compress)
             cur.writer.write(whole)
             self._copy(fd, cur, size, changed)
             _check_unchanged(fd, st, changed)
             self._add_member(cur, path, st, 0, size, changed)
         else:
             offset = start
+            compress = self._decide(fd, path, size)
             if start:
                 os.lseek(fd, start, os.SEEK_SET)
             while True:
@@ -355,8 +381,8 @@ class Packer:
                     size,
                     mtime,
                 )  # size field is a placeholder: the real one is below
-                # largest n with worst_case(n) <= room, then the payload in whole blocks
-                most = (cur.writer.room() - 64) * 16384 // 16385
+                # the payload in whole blocks
+                most = cur.writer.capacity()
                 length = min(size - offset, (most - len(header)) // ar.BLOCK * ar.BLOCK)
                 if length < min(self.min_segment, size - offset) or length <= 0:
                     if not cur.members:
@@ -372,7 +398,7 @@ class Packer:
                     length,
                     mtime,
                 )
-                cur.writer.select(path)
+                cur.writer.select(compress)
                 cur.writer.write(header)
                 self._copy(fd, cur, length, changed)
                 offset += length
@@ -387,6 +413,15 @@ class Packer:
                     at=time.time(), session=self.session, path=path, detail="; ".join(changed)
                 )
             )
+
+    def _decide(self, fd: int, path: bytes, size: int) -> bool:
+        """The policy's choice for a file read in chunks, from its first bytes
+        (a segment of a file follows the choice made for the whole file)."""
+        try:
+            head = os.pread(fd, HEAD, 0)
+        except OSError:
+            head = b""  # _copy meets the error again and records it
+        return self.policy.decide(path, head, size)
 
     def _add_member(
         self,
@@ -410,6 +445,7 @@ class Packer:
                 offset,
                 length,
                 bool(changed),
+                cur.writer.compressing,
             )
         )
         if offset == 0:

@@ -48,6 +48,8 @@ from dataclasses import dataclass, field
 import trio
 
 from eventbak import __version__
+from eventbak.archive.layers import ArchiveFormat
+from eventbak.archive.policy import Policy
 from eventbak.config import Compression, parse_compression
 from eventbak.core import events as ev
 from eventbak.core import plan
@@ -77,6 +79,23 @@ class BackupRequest:
     exclude: list[str]
     #: the vault's option keys from its config table (vaults/url.py)
     vault_options: dict[str, object] = field(default_factory=dict)
+    #: age recipients (public keys): archives are encrypted to them all
+    recipients: tuple[str, ...] = ()
+    always_compress: list[str] = field(default_factory=list)
+    never_compress: list[str] = field(default_factory=list)
+
+    @property
+    def format(self) -> ArchiveFormat:
+        return ArchiveFormat(self.compression, self.recipients)
+
+    @property
+    def policy(self) -> Policy:
+        return Policy(
+            self.compression,
+            never=self.never_compress,
+            always=self.always_compress,
+            roots=self.paths,
+        )
 
 
 @dataclass(frozen=True)
@@ -175,7 +194,8 @@ class Session:
             session_id,
             sd.staging,
             req.archive_size,
-            req.compression,
+            req.format,
+            req.policy,
             next_index=len(s.archives) + 1,
             stop=self.stop,
         )
@@ -480,6 +500,9 @@ def open_session(sd: StateDir, req: BackupRequest, vault: Vault) -> str:
             exclude=req.exclude,
             host=socket.gethostname(),
             version=__version__,
+            recipients=list(req.recipients),
+            always_compress=req.always_compress,
+            never_compress=req.never_compress,
         )
     )
     sd.commit()
@@ -516,6 +539,9 @@ def _session_request(s: SessionState, req: BackupRequest) -> BackupRequest:
         archive_size=s.archive_size,
         compression=parse_compression(s.compression),
         exclude=s.exclude,
+        recipients=tuple(s.recipients),
+        always_compress=s.always_compress,
+        never_compress=s.never_compress,
     )
 
 

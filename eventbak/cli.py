@@ -36,7 +36,15 @@ from eventbak.core import events as ev
 from eventbak.core.log import TornTail, head_of, iter_log
 from eventbak.core.state import IllegalTransition, State, apply, describe_machines
 from eventbak.errors import EXIT_PARTIAL, EventbakError, LogCorrupt, UsageError
-from eventbak.keys import identities_for, recipients_for, write_identity
+from eventbak.keys import (
+    identities_for,
+    key_name,
+    passphrase_identities,
+    passphrase_recipient,
+    recipients_for,
+    store_passphrase_key,
+    write_identity,
+)
 from eventbak.pipeline.coordinator import (
     DEFAULT_GRACE,
     BackupRequest,
@@ -146,6 +154,9 @@ def _requests(
         raise UsageError(f"--archive-size: {exc}") from None
     cfg = c.config
     recipients = recipients_for(cfg.encryption, recipient)
+    command = cfg.encryption.passphrase_command
+    if command and not recipient:
+        recipients += (passphrase_recipient(c.state_dir, command),)
 
     if vault:
         check_vault_url(vault)
@@ -334,6 +345,9 @@ def backup(
             show = _ProgressLine() if (not as_json and sys.stderr.isatty()) else None
             vault_obj = open_vault(req.vault_url, req.vault_options)
             try:
+                for r in req.recipients:  # the passphrase key goes first, once per vault
+                    if (c.state_dir / key_name(r)).exists():
+                        store_passphrase_key(c.state_dir, r, vault_obj, vault_obj.ref)
                 outcome = trio.run(run_backup, sd, req, vault_obj, show, options)
             finally:
                 vault_obj.close()
@@ -491,11 +505,26 @@ def restore(
     identities, warning = identities_for(c.config.encryption, identity)
     if warning:
         click.echo(f"eventbak: warning: {warning}", err=True)
+    command = c.config.encryption.passphrase_command
 
     def say(line: str) -> None:
         click.echo(f"eventbak: {line}", err=True)
 
     with VaultResolver(state, vault, configured) as vault_for:
+        if identities is None and command:
+
+            def fetch(recipient: str) -> bytes | None:
+                for s in state.sessions.values():
+                    if recipient in s.recipients:
+                        data = vault_for(s.vault).get_small(key_name(recipient))
+                        if data is not None:
+                            return data
+                return None
+
+            used = [r for s in state.sessions.values() for r in s.recipients]
+            identities = passphrase_identities(
+                c.state_dir, command, list(dict.fromkeys(used)), fetch
+            )
         report = do_restore(
             state,
             c.state_dir,

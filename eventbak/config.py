@@ -63,6 +63,9 @@ class EncryptionConfig(msgspec.Struct, forbid_unknown_fields=True):
     recipients: list[str] = []
     recipients_file: str | None = None
     identity_file: str | None = None
+    #: A shell command that prints the passphrase (`pass show eventbak`):
+    #: archives are encrypted to a key that the passphrase protects (keys.py).
+    passphrase_command: str | None = None
 
 
 class Config(msgspec.Struct, forbid_unknown_fields=True):

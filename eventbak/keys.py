@@ -1,18 +1,35 @@
 """Which keys a command uses: the recipients a backup encrypts to (config,
-recipients file, `--recipient`), the identity a restore decrypts with
-(`--identity`, then `[encryption] identity_file`), and `key generate`.
+recipients file, `--recipient`, the passphrase key), the identity a restore
+decrypts with (`--identity`, then `[encryption] identity_file`, then the
+passphrase key), and `key generate`.
 
 Recipients are public: they go into the event log (`SessionOpened`), so a
 resumed session keeps encrypting to the keys it began with. Identities are
 secret: read here, handed to the restore as an object, never printed or
 logged (errors name the file, not its content).
+
+**The passphrase key.** With `passphrase_command`, the first backup makes
+an X25519 identity, encrypts it with the passphrase in age's scrypt mode
+(the identity file as plaintext, so `age -d` opens it), keeps it in the
+state directory as `keys/<recipient>.age` and stores the same object in
+each vault it backs up to, at `keys/<recipient>.age`; archives are
+encrypted to its recipient. A backup needs the passphrase only that first
+time (only the public key is needed afterwards); a restore runs the command
+and opens the key, from the state directory or else from the vault. One
+scrypt per restore, not per archive: archives stream through X25519 at
+full speed, and pyrage offers scrypt only on whole messages in memory.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import os
+import subprocess
+from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
+
+import pyrage
 
 from eventbak.archive.age import (
     AgeError,
@@ -23,7 +40,11 @@ from eventbak.archive.age import (
 )
 from eventbak.archive.age import load_identities as _load
 from eventbak.config import EncryptionConfig
-from eventbak.errors import KeyProblem, UsageError
+from eventbak.errors import KeyProblem, UsageError, VaultError
+from eventbak.fsutil import fsync_dir, private_dir
+
+#: Where a passphrase key lives, in the state directory and in a vault.
+KEYS = "keys"
 
 
 def recipients_for(cfg: EncryptionConfig, given: tuple[str, ...]) -> tuple[str, ...]:
@@ -55,12 +76,16 @@ def identities_for(cfg: EncryptionConfig, given: Path | None) -> tuple[Identitie
         raise KeyProblem(str(exc)) from None
 
 
+def _identity_text() -> tuple[str, str]:
+    secret, recipient = generate()
+    created = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    return f"# created: {created}\n# public key: {recipient}\n{secret}\n", recipient
+
+
 def write_identity(path: Path | None) -> tuple[str, str]:
     """A new identity written to `path` (0600, never over an existing file),
     or returned for stdout when `path` is None: (file text, recipient)."""
-    secret, recipient = generate()
-    created = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-    text = f"# created: {created}\n# public key: {recipient}\n{secret}\n"
+    text, recipient = _identity_text()
     if path is not None:
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
@@ -75,3 +100,114 @@ def write_identity(path: Path | None) -> tuple[str, str]:
         finally:
             os.close(fd)
     return text, recipient
+
+
+# -- the passphrase key -------------------------------------------------------------
+
+
+def passphrase_from(command: str) -> str:
+    """The first line `command` prints (run by the shell); KeyProblem if it
+    fails or prints nothing. What it prints is never shown."""
+    try:
+        done = subprocess.run(
+            ["/bin/sh", "-c", command], capture_output=True, timeout=300, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise KeyProblem(f"passphrase_command could not run: {exc}") from None
+    if done.returncode != 0:
+        why = done.stderr.decode(errors="replace").strip().splitlines()
+        detail = f": {why[-1][:200]}" if why else ""
+        raise KeyProblem(f"passphrase_command failed (exit {done.returncode}){detail}")
+    lines = done.stdout.decode(errors="replace").splitlines()
+    if not lines or not lines[0]:
+        raise KeyProblem("passphrase_command printed no passphrase")
+    return lines[0]
+
+
+def key_name(recipient: str) -> str:
+    """The passphrase key's name in the state directory and in a vault."""
+    return f"{KEYS}/{recipient}.age"
+
+
+def passphrase_recipient(state_dir: Path, command: str) -> str:
+    """The passphrase key's recipient: the one in the state directory, or a
+    new key made now (the passphrase is asked for then only)."""
+    keys = state_dir / KEYS
+    existing = sorted(keys.glob("age1*.age")) if keys.is_dir() else []
+    if existing:
+        return existing[0].name.removesuffix(".age")
+    passphrase = passphrase_from(command)
+    text, recipient = _identity_text()
+    wrapped = pyrage.passphrase.encrypt(text.encode(), passphrase)
+    private_dir(keys)
+    path = keys / f"{recipient}.age"
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        os.write(fd, wrapped)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    fsync_dir(keys)
+    return recipient
+
+
+class _Store(Protocol):
+    def get_small(self, key: str) -> bytes | None: ...
+
+    def put_small(self, key: str, data: bytes) -> object: ...
+
+
+def store_passphrase_key(state_dir: Path, recipient: str, vault: _Store, ref: str) -> None:
+    """Put the passphrase key into the vault (once per vault: the state
+    directory remembers where it is), before any archive encrypted to it."""
+    path = state_dir / KEYS / f"{recipient}.age"
+    stored_in = path.with_name(path.name + ".vaults")
+    known = stored_in.read_text().splitlines() if stored_in.exists() else []
+    if ref in known:
+        return
+    data = path.read_bytes()
+    if vault.get_small(key_name(recipient)) != data:
+        vault.put_small(key_name(recipient), data)
+    fd = os.open(stored_in, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        os.write(fd, "".join(f"{r}\n" for r in [*known, ref]).encode())
+    finally:
+        os.close(fd)
+
+
+def passphrase_identities(
+    state_dir: Path,
+    command: str,
+    recipients: list[str],
+    fetch: Callable[[str], bytes | None],
+) -> Identities | None:
+    """The passphrase keys among `recipients` (the state directory's, or
+    `fetch`ed from a vault), opened with the passphrase; None if none of the
+    recipients is a passphrase key."""
+    wrapped: dict[str, bytes] = {}
+    for r in recipients:
+        local = state_dir / KEYS / f"{r}.age"
+        try:
+            data: bytes | None = local.read_bytes()
+        except FileNotFoundError:
+            try:
+                data = fetch(r)
+            except VaultError:
+                data = None
+        if data is not None:
+            wrapped[r] = data
+    if not wrapped:
+        return None
+    passphrase = passphrase_from(command)
+    keys = []
+    for r, data in wrapped.items():
+        try:
+            text = pyrage.passphrase.decrypt(data, passphrase).decode()
+            keys.append(pyrage.x25519.Identity.from_str(text.strip().splitlines()[-1]))
+        except (pyrage.DecryptError, pyrage.IdentityError, UnicodeDecodeError, IndexError):
+            raise KeyProblem(
+                f"the passphrase does not open the key {key_name(r)} (wrong passphrase?)"
+            ) from None
+    return Identities(state_dir / KEYS, keys)

@@ -5,11 +5,13 @@ keys (generate, config, flags), and every bad key a user can give."""
 from __future__ import annotations
 
 import os
+import shutil
 import stat
 import subprocess
 import sys
 from pathlib import Path
 
+import pyrage
 import pytest
 
 from eventbak.statedir import members, read_state
@@ -320,3 +322,91 @@ def test_secrets_never_reach_the_log_or_the_output(
     log = (tmp / "state" / "events.log").read_bytes()
     assert secret.encode() not in log
     assert key[1].encode() in log  # the recipient (public) is recorded: resume keeps it
+
+
+# -- the passphrase key ----------------------------------------------------------
+
+
+def _passphrase_config(tmp: Path, src: Path, command: str, name: str = "eventbak") -> Path:
+    cfg = tmp / f"{name}.toml"
+    cfg.write_text(
+        f'state_dir = "{tmp / "state"}"\n'
+        f"[encryption]\n"
+        f"passphrase_command = {command!r}\n"
+        f"[vaults.local]\n"
+        f'url = "file://{tmp / "vault"}"\n'
+        f"[[datasets]]\n"
+        f'name = "home"\n'
+        f'paths = ["{src}"]\n'
+    )
+    return cfg
+
+
+@pytest.mark.slow
+def test_passphrase_key_backs_up_and_restores_also_from_the_vault_alone(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    _tree(src)
+    cfg = _passphrase_config(tmp_path, src, "printf 'correct horse\\n'")
+    r = run("--config", cfg, "backup")
+    assert r.returncode == 0, r.stderr
+    assert "correct horse" not in r.stdout + r.stderr
+    archives = [p for p in _objects(tmp_path) if "/archives/" in str(p)]
+    assert archives and all(p.name.endswith(".tar.zst.age") for p in archives)
+    state, _ = read_state(tmp_path / "state")
+    (recipient,) = {r for s in state.sessions.values() for r in s.recipients}
+    in_vault = tmp_path / "vault" / "keys" / f"{recipient}.age"
+    local = tmp_path / "state" / "keys" / f"{recipient}.age"
+    assert in_vault.read_bytes() == local.read_bytes()
+    assert stat.S_IMODE(local.stat().st_mode) == 0o600
+    # the key object is age's scrypt mode around an identity file: age -d opens it
+    opened = pyrage.passphrase.decrypt(in_vault.read_bytes(), "correct horse").decode()
+    assert f"# public key: {recipient}" in opened
+    assert b"correct horse" not in (tmp_path / "state" / "events.log").read_bytes()
+
+    # a second backup needs no passphrase (only the public key)
+    cfg_nopass = _passphrase_config(tmp_path, src, "exit 9", "nopass")
+    r = run("--config", cfg_nopass, "backup")
+    assert r.returncode == 0, r.stderr
+
+    shutil.rmtree(tmp_path / "state" / "keys")  # the state dir lost its copy
+    r = run("--config", cfg, "restore", "--to", tmp_path / "back")
+    assert r.returncode == 0, r.stderr
+    assert describe(tmp_path / "back" / str(src).lstrip("/")) == describe(src)
+
+
+@pytest.mark.parametrize(
+    ("command", "says"),
+    [
+        ("printf 'wrong\\n'", "the passphrase does not open the key keys/"),
+        ("echo oops >&2; exit 3", "passphrase_command failed (exit 3): oops"),
+        ("true", "passphrase_command printed no passphrase"),
+    ],
+)
+def test_bad_passphrase_is_one_line_and_nothing_is_written(
+    tmp_path: Path, command: str, says: str
+) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.txt").write_bytes(TEXT * 100)
+    good = _passphrase_config(tmp_path, src, "printf 'right one\\n'")
+    assert run("--config", good, "backup").returncode == 0
+    bad = _passphrase_config(tmp_path, src, command, "bad")
+    to = tmp_path / "back"
+    r = run("--config", bad, "restore", "--to", to)
+    assert r.returncode == 6
+    assert r.stderr.count("\n") == 1 and says in r.stderr, r.stderr
+    assert "right one" not in r.stderr
+    assert _nothing_restored(to)
+
+
+def test_failing_passphrase_command_stops_the_first_backup_before_anything(
+    tmp_path: Path,
+) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.txt").write_bytes(TEXT)
+    cfg = _passphrase_config(tmp_path, src, "exit 4")
+    r = run("--config", cfg, "backup")
+    assert r.returncode == 6 and "passphrase_command failed (exit 4)" in r.stderr
+    assert not (tmp_path / "vault").exists()
+    assert not (tmp_path / "state" / "keys").exists()

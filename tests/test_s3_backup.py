@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -473,3 +474,34 @@ def test_a_vault_refusal_during_the_sweep_pauses_the_new_session(
     verify_log(state)
     again = run(cmd(state, "backup", str(src), "--vault", bucket.url()))
     assert again.returncode == 0 and " completed: " in again.stdout, again.stderr
+
+
+def test_encrypted_backup_to_s3_in_parts_with_its_passphrase_key(
+    s3_bucket: Bucket, source: Path, tmp_path: Path
+) -> None:
+    """Encryption through the real S3 servers (both verify every part's
+    checksum): multipart .tar.zst.age objects, the passphrase key object in
+    the bucket beside them, and a restore from the bucket alone once the
+    state dir's copy of the key is gone."""
+    state = tmp_path / "state"
+    cfg = tmp_path / "eventbak.toml"
+    cfg.write_text("[encryption]\npassphrase_command = \"printf 'a long passphrase\\\\n'\"\n")
+    url = s3_bucket.url(part_size="5MiB", concurrency=3)
+    done = run([*backup_cmd(state, url, source)[:3], "--config", str(cfg),
+                *backup_cmd(state, url, source)[3:]])  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    st, _ = read_state(state)
+    archives = [a for a in st.archives.values() if a.state == "uploaded"]
+    assert any(a.size > 5 * MIB for a in archives)  # at least one went in parts
+    assert all(a.key.endswith(".tar.zst.age") and a.layers == ["zstd", "age"] for a in archives)
+    (recipient,) = {r for s in st.sessions.values() for r in s.recipients}
+    stored = objects(s3_bucket)
+    assert stored == {a.key: a.size for a in archives} | {
+        f"keys/{recipient}.age": (state / "keys" / f"{recipient}.age").stat().st_size
+    }
+    shutil.rmtree(state / "keys")
+    back = tmp_path / "back"
+    done = run([sys.executable, "-m", "eventbak", "--config", str(cfg), "--state-dir",
+                str(state), "restore", "--to", str(back)])  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert describe(back / str(source).lstrip("/")) == describe(source)

@@ -39,8 +39,9 @@ def _tree(src: Path) -> None:
     (src / "docs").mkdir(parents=True)
     (src / "docs" / "notes.txt").write_bytes(TEXT * 2000)
     (src / "docs" / "text-named.jpg").write_bytes(TEXT * 300)
-    (src / "photo.dat").write_bytes(JPEG + os.urandom(60 * KiB))
-    (src / "noise.bin").write_bytes(os.urandom(90 * KiB))
+    (src / "photo.dat").write_bytes(JPEG + os.urandom(200 * KiB))
+    (src / "noise.bin").write_bytes(os.urandom(150 * KiB))
+    (src / "f-tiny-noise.bin").write_bytes(os.urandom(20 * KiB))  # too small for a stored frame
     (src / "big.bin").write_bytes(os.urandom(400 * KiB))  # split across archives
     (src / "empty").write_bytes(b"")
     os.symlink("docs/notes.txt", src / "link")
@@ -94,7 +95,8 @@ def test_encrypted_round_trip_for_each_compression_mode(
                 decided[os.fsdecode(m.path).removeprefix(str(src) + "/")] = m.zstd
     expected = {
         "auto": {"docs/notes.txt": True, "docs/text-named.jpg": True, "photo.dat": False,
-                 "noise-link.bin": False, "big.bin": False, "empty": True},
+                 "noise-link.bin": False, "big.bin": False, "empty": True,
+                 "f-tiny-noise.bin": True},
         "none": dict.fromkeys(decided, False),
         "zstd:1": dict.fromkeys(decided, True),
     }[compression]  # fmt: skip

@@ -37,6 +37,8 @@ SMALL_FILE = 256 * 1024
 #: A file that does not fit is split only if at least this much room is left;
 #: otherwise the archive is sealed and the file starts in the next one.
 MIN_SEGMENT = 256 * 1024
+#: Files the policy stores get a stored frame of their own from this size on.
+STORE_MIN = 128 * 1024
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 
@@ -351,7 +353,7 @@ class Packer:
                     changed.append("grew while read" if len(data) > size else "shrank while read")
                 data = data[:size].ljust(size, b"\0")
             cur = self._fit(need)
-            cur.writer.select(self.policy.decide(path, data[:HEAD], size))
+            cur.writer.select(self._class(cur, self.policy.decide(path, data[:HEAD], size), size))
             cur.writer.write(whole + data + bytes(need - len(whole) - size))
             self.progress.bytes += size
             _check_unchanged(fd, st, changed)
@@ -359,7 +361,7 @@ class Packer:
         elif whole_fits:
             compress = self._decide(fd, path, size)
             cur = self._fit(need)
-            cur.writer.select(compress)
+            cur.writer.select(self._class(cur, compress, size))
             cur.writer.write(whole)
             self._copy(fd, cur, size, changed)
             _check_unchanged(fd, st, changed)
@@ -413,6 +415,17 @@ class Packer:
                     at=time.time(), session=self.session, path=path, detail="; ".join(changed)
                 )
             )
+
+    @staticmethod
+    def _class(cur: _Open, compress: bool, size: int) -> bool:
+        """The frame a file's data goes into: a file the policy would store
+        but smaller than STORE_MIN stays in an open compressed frame (zstd
+        keeps what does not shrink in raw blocks itself, at a cost of
+        microseconds), so that the data around it keeps its compression
+        window and no frame ends for it (a frame end waits for zstd's workers)."""
+        if not compress and size < STORE_MIN:
+            return cur.writer.compressing
+        return compress
 
     def _decide(self, fd: int, path: bytes, size: int) -> bool:
         """The policy's choice for a file read in chunks, from its first bytes

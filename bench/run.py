@@ -4,6 +4,7 @@
     scripts/bench --scale 0.003 --runs 1   # seconds: the smoke test (tests/test_bench.py)
     scripts/bench --only eventbak,restic   # some tools only (also: replay-1M, s3)
     scripts/bench --only s3                # the S3 upload case alone (no tree needed)
+    scripts/bench --only encrypted,incompressible,compressible   # the policy cases
 
 The tree comes from bench/gentree.py (--scale, --seed) and is reused while the
 scale and seed stay the same. Cases, each run --runs times with a warm page
@@ -18,6 +19,13 @@ cache, median reported:
   restore      the whole tree back, from the second run's output
   replay       `eventbak replay --verify` of the log the full and second runs wrote
   replay-1M    the same on a synthetic, format-exact log of 1,000,000 files
+  encrypted    the whole tree: eventbak backup --recipient AGE1... (default
+               compression, auto) into a fresh local vault against
+               tar | zstd -3 -T2 | age -r AGE1... > one file (no split)
+  incompressible  the tree's media/ (random bytes named .jpg/.mp4/.png):
+               eventbak --compression auto against tar | cat > one file
+  compressible the tree's src/ (text): eventbak --compression auto against
+               tar | zstd -3 -T2 > one file; the compression ratio is the target
   s3-upload    (`s3`) eventbak's S3 upload of staged archives (8 x 128 MiB of random
                bytes at scale 1) to a local SeaweedFS against boto3's upload_file
                (s3transfer), same part size and concurrency (--s3-part-size,
@@ -32,6 +40,8 @@ edits to the checkout during a long run do not mix versions.
 Results: a table on stdout and a JSON file (--json, default WORKDIR/results.json).
 Standard library only (eventbak itself writes the synthetic log), except the
 s3-upload case: bench/s3upload.py uses boto3 and tests/servers.py (SeaweedFS).
+The encrypted case needs `age` (Debian package age; installed as root unless
+--no-install, else skipped with the reason).
 """
 
 from __future__ import annotations
@@ -65,10 +75,18 @@ MIB = 1024 * 1024
 PAGE = os.sysconf("SC_PAGE_SIZE")
 ARCHIVE_MEMBERS = 32_000  # members per archive in the synthetic log
 TOOLS = ("eventbak", "tar-zstd", "tar-xz", "restic", "borg")
-SELECTABLE = (*TOOLS, "replay-1M", "s3")
+#: cases selected by their own name (--only), each eventbak against one reference
+POLICY_CASES = ("encrypted", "incompressible", "compressible")
+SELECTABLE = (*TOOLS, "replay-1M", "s3", *POLICY_CASES)
 #: the s3-upload case's two sides, in the order of its first round
 S3_TOOLS = ("eventbak", "boto3")
-ROW_TOOLS = (*TOOLS, "boto3")
+#: each policy case's reference (the row's tool name)
+POLICY_REFS = {
+    "encrypted": "tar-zstd-age",
+    "incompressible": "tar-cat",
+    "compressible": "tar-zstd-T2",
+}
+ROW_TOOLS = (*TOOLS, *POLICY_REFS.values(), "boto3")
 #: command -> Debian package, per tool
 NEEDS: dict[str, dict[str, str]] = {
     "eventbak": {},
@@ -76,9 +94,13 @@ NEEDS: dict[str, dict[str, str]] = {
     "tar-xz": {"tar": "tar", "xz": "xz-utils", "split": "coreutils", "bash": "bash"},
     "restic": {"restic": "restic"},
     "borg": {"borg": "borgbackup"},
+    "encrypted": {"tar": "tar", "zstd": "zstd", "age": "age", "bash": "bash"},
+    "incompressible": {"tar": "tar", "cat": "coreutils", "bash": "bash"},
+    "compressible": {"tar": "tar", "zstd": "zstd", "bash": "bash"},
 }
 CASE_ORDER = (
-    "full", "text-subset", "small", "second", "restore", "replay", "replay-1M", "s3-upload",
+    "full", "text-subset", "small", "second", "restore", "replay", "replay-1M",
+    *POLICY_CASES, "s3-upload",
 )  # fmt: skip
 
 
@@ -152,6 +174,9 @@ class Sample:
     stdout: str = ""
     #: the process's wall time when `seconds` is a time the process measured itself
     process_seconds: float | None = None
+    #: the time the process reported for its own work (eventbak's summary `elapsed`:
+    #: no interpreter start, imports, state dir set-up), when known
+    inner_seconds: float | None = None
 
 
 @dataclass
@@ -327,15 +352,29 @@ class Tool:
     def outputs(self) -> list[Path]:
         return [self.out]
 
+    def stored(self) -> list[Path]:
+        """What holds the backup itself (for eventbak: the vault, not the state dir)."""
+        return self.outputs()
+
 
 class Eventbak(Tool):
     name = "eventbak"
 
-    def __init__(self, out: Path, env: dict[str, str], exe: list[str]) -> None:
+    def __init__(
+        self,
+        out: Path,
+        env: dict[str, str],
+        exe: list[str],
+        backup_args: Sequence[str] = (),
+        restore_args: Sequence[str] = (),
+    ) -> None:
         super().__init__(out, env)
         self.exe = exe
+        self.backup_args = list(backup_args)  # after the defaults: --recipient, --compression
+        self.restore_args = list(restore_args)  # --identity
         self.sessions: dict[str, str] = {}
         self.files: dict[str, int] = {}
+        self.elapsed: dict[str, float] = {}
 
     @property
     def state(self) -> Path:
@@ -349,10 +388,12 @@ class Eventbak(Tool):
         super().reset()
         self.sessions.clear()
         self.files.clear()
+        self.elapsed.clear()
 
     def backup(self, src: Path, label: str) -> Cmd:
         argv = [*self.exe, "--state-dir", str(self.state), "backup", str(src)]
-        return Cmd([*argv, "--vault", f"file://{self.vault}", "--json"], self.env)
+        argv += ["--vault", f"file://{self.vault}", "--json", *self.backup_args]
+        return Cmd(argv, self.env)
 
     def backed_up(self, label: str, stdout: str) -> None:
         try:
@@ -363,10 +404,11 @@ class Eventbak(Tool):
             raise CmdFailed(f"eventbak session {summary.get('session')}: {summary.get('state')}")
         self.sessions[label] = summary["session"]
         self.files[label] = summary["files"]
+        self.elapsed[label] = float(summary.get("elapsed") or 0)
 
     def restore(self, label: str, target: Path) -> Cmd:
         argv = [*self.exe, "--state-dir", str(self.state), "restore", "--to", str(target)]
-        return Cmd([*argv, "--session", self.sessions[label]], self.env)
+        return Cmd([*argv, "--session", self.sessions[label], *self.restore_args], self.env)
 
     def replay(self, state: Path, as_json: bool = False) -> Cmd:
         argv = [*self.exe, "--state-dir", str(state), "replay", "--verify"]
@@ -374,6 +416,9 @@ class Eventbak(Tool):
 
     def outputs(self) -> list[Path]:
         return [self.vault, self.state]
+
+    def stored(self) -> list[Path]:
+        return [self.vault]
 
 
 class Restic(Tool):
@@ -484,6 +529,54 @@ class TarPipe(Tool):
         return target if self.file_list is not None else target / src.name
 
 
+class TarStream(Tool):
+    """tar cf - -C PARENT NAME | STAGE | ... > OUT/<label>/FILE: one file, no
+    split; restored by `cat FILE | UNSTAGE | ... | tar xf -`."""
+
+    def __init__(
+        self,
+        name: str,
+        out: Path,
+        env: dict[str, str],
+        stages: Sequence[str],
+        unstages: Sequence[str],
+        filename: str,
+    ) -> None:
+        super().__init__(out, env)
+        self.name = name
+        self.stages = list(stages)
+        self.unstages = list(unstages)
+        self.filename = filename
+
+    def _sh(self, script: str) -> Cmd:
+        return Cmd(["bash", "-c", "set -euo pipefail; " + script], self.env)
+
+    def file(self, label: str) -> Path:
+        return self.out / label / self.filename
+
+    def pipeline(self, src: Path) -> str:
+        """The timed command, as a shell pipeline (the file name left out)."""
+        q = shlex.quote
+        return " | ".join([f"tar cf - -C {q(str(src.parent))} {q(src.name)}", *self.stages])
+
+    def backup(self, src: Path, label: str) -> Cmd:
+        self.file(label).parent.mkdir(parents=True, exist_ok=True)  # untimed: before the timer
+        return self._sh(f"{self.pipeline(src)} > {shlex.quote(str(self.file(label)))}")
+
+    def restore(self, label: str, target: Path) -> Cmd:
+        target.mkdir(parents=True, exist_ok=True)
+        q = shlex.quote
+        stages = [
+            f"cat {q(str(self.file(label)))}",
+            *self.unstages,
+            f"tar xf - -C {q(str(target))}",
+        ]
+        return self._sh(" | ".join(stages))
+
+    def landing(self, target: Path, src: Path) -> Path:
+        return target / src.name
+
+
 # -- results -----------------------------------------------------------------
 
 
@@ -495,6 +588,8 @@ class Row:
     input_bytes: int = 0
     input_files: int = 0
     output_bytes: int | None = None
+    #: the backup itself: eventbak's vault (output_bytes adds its state dir)
+    stored_bytes: int | None = None
     ok: bool | None = None
     error: str = ""
     note: str = ""
@@ -528,6 +623,12 @@ class Row:
             "input_bytes": self.input_bytes,
             "input_files": self.input_files,
             "output_bytes": self.output_bytes,
+            "stored_bytes": self.stored_bytes,
+            "ratio": (
+                round(self.input_bytes / self.stored_bytes, 4)
+                if self.stored_bytes and self.input_bytes
+                else None
+            ),
             "load1_at_start": self.load1,
             "runs": [
                 {
@@ -538,6 +639,11 @@ class Row:
                     **(
                         {"process_s": round(s.process_seconds, 4)}
                         if s.process_seconds is not None
+                        else {}
+                    ),
+                    **(
+                        {"inner_s": round(s.inner_seconds, 4)}
+                        if s.inner_seconds is not None
                         else {}
                     ),
                 }
@@ -767,35 +873,7 @@ class Bench:
     def small_cases(self, tools: list[Tool]) -> None:
         """The small/ directory alone, in rounds like the other cases."""
         t = self.tree
-        small = t.root / "small"
-        rows = {
-            tool.name: self.row("small", tool.name, t.small_files, t.small_bytes) for tool in tools
-        }
-        for i in range(self.runs):
-            for tool in tools:
-                r = rows[tool.name]
-                if r.ok is False:
-                    continue
-                try:
-                    tool.reset()
-                    s = self.timed(
-                        tool.backup(small, "a1"), f"{tool.name}-small-{i}", [small], True
-                    )
-                    tool.backed_up("a1", s.stdout)
-                    r.samples.append(s)
-                    r.output_bytes = du(tool.outputs())
-                except CmdFailed as exc:
-                    r.ok, r.error = False, str(exc)
-                    print(f"   {tool.name} FAILED: {exc}", flush=True)
-        for tool in tools:
-            r = rows[tool.name]
-            if r.ok is None:
-                try:
-                    why = self.verify(tool, "a1", small, "small")
-                    r.ok, r.error = not why, why
-                except CmdFailed as exc:
-                    r.ok, r.error = False, str(exc)
-            rm(tool.out)
+        self.pair_case("small", t.root / "small", "small", t.small_files, t.small_bytes, tools, {})
 
     def replay_case(self, tool: Eventbak) -> None:
         files = sum(tool.files.values())
@@ -836,6 +914,145 @@ class Bench:
             r.ok, r.error = False, str(exc)
             print(f"   FAILED: {exc}", flush=True)
         rm(tool.out)
+
+    def policy_cases(self, cases: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """encrypted, incompressible, compressible: eventbak against one
+        reference each (see the module's docstring). Returns each case's
+        parameters (its input, both commands) for the JSON."""
+        t = self.tree
+        base = self.work / "out" / "policy"
+        q = shlex.quote
+        info: dict[str, dict[str, Any]] = {}
+        for case in cases:
+            out = base / case
+            rm(out)
+            if case == "encrypted":
+                src = t.root
+                ident = out / "age-identity.txt"
+                out.mkdir(parents=True)
+                try:
+                    said = run_quiet(
+                        Cmd([*self.eventbak_exe, "key", "generate", "-o", str(ident)], self.env),
+                        "eventbak key generate",
+                    )
+                except CmdFailed as exc:
+                    r = self.row(case, "eventbak", t.files, t.bytes)
+                    r.ok, r.error = False, str(exc)
+                    continue
+                m = re.search(r"\bage1[0-9a-z]{20,}\b", said)
+                if m is None:
+                    r = self.row(case, "eventbak", t.files, t.bytes)
+                    r.ok, r.error = False, f"eventbak key generate printed no recipient: {said!r}"
+                    continue
+                recipient = m.group(0)
+                eb = Eventbak(
+                    out / "eventbak", self.env, self.eventbak_exe,
+                    ["--recipient", recipient], ["--identity", str(ident)],
+                )  # fmt: skip
+                ref = TarStream(
+                    POLICY_REFS[case], out / "ref", self.env,
+                    ["zstd -q -3 -T2", f"age -r {q(recipient)}"],
+                    [f"age -d -i {q(str(ident))}", "zstd -q -dc"], "tree.tar.zst.age",
+                )  # fmt: skip
+                key = "tree"
+                files, size = t.files, t.bytes
+                notes = {
+                    "eventbak": "--recipient (one X25519 key), default compression (auto)",
+                    ref.name: "one file, not split (the reference needs no 128 MiB pieces)",
+                }
+            else:
+                sub = "media" if case == "incompressible" else "src"
+                src = t.root / sub
+                files, size = _count(src)
+                eb = Eventbak(
+                    out / "eventbak", self.env, self.eventbak_exe, ["--compression", "auto"]
+                )
+                if case == "incompressible":
+                    ref = TarStream(
+                        POLICY_REFS[case], out / "ref", self.env, ["cat"], [], "media.tar"
+                    )
+                else:
+                    ref = TarStream(
+                        POLICY_REFS[case], out / "ref", self.env,
+                        ["zstd -q -3 -T2"], ["zstd -q -dc"], "src.tar.zst",
+                    )  # fmt: skip
+                key = sub
+                what = "random bytes" if sub == "media" else "text"
+                notes = {
+                    "eventbak": f"--compression auto on {sub}/ ({what})",
+                    ref.name: f"{sub}/ into one file, not split",
+                }
+            masks = {str(src.parent): "PARENT", str(eb.state): "S", f"file://{eb.vault}": "V"}
+            if case == "encrypted":
+                masks.update({recipient: "AGE1...", str(ident): "IDENTITY"})
+
+            def shown(text: str, masks: dict[str, str] = masks) -> str:
+                for secret in sorted(masks, key=len, reverse=True):  # the longest first
+                    text = text.replace(secret, masks[secret])
+                return text
+
+            eb_argv = eb.backup(src, "a1").argv[len(self.eventbak_exe) :]
+            info[case] = {
+                "input": str(src),
+                "input_files": files,
+                "input_bytes": size,
+                "eventbak": shown(shlex.join(["eventbak", *eb_argv])),
+                "reference": shown(f"{ref.pipeline(src)} > OUT"),
+                "reference_restore": shown(" | ".join(["cat OUT", *ref.unstages, "tar xf - -C T"])),
+            }
+            print(
+                f"== {case}: {src} ({files} files, {size / MB:.1f} MB): "
+                f"{info[case]['eventbak']} vs {info[case]['reference']}",
+                flush=True,
+            )
+            self.pair_case(case, src, key, files, size, [eb, ref], notes)
+            rm(out)
+        return info
+
+    def pair_case(
+        self,
+        case: str,
+        src: Path,
+        key: str,
+        files: int,
+        size: int,
+        tools: list[Tool],
+        notes: dict[str, str],
+    ) -> None:
+        """One backup of `src` per tool and run, in rounds whose order
+        alternates (run 1: eventbak first; run 2: the reference first; ...);
+        the last run's output restored (untimed) and compared."""
+        rows = {
+            tool.name: self.row(case, tool.name, files, size, notes.get(tool.name, ""))
+            for tool in tools
+        }
+        for i in range(self.runs):
+            for tool in tools if i % 2 == 0 else tools[::-1]:
+                r = rows[tool.name]
+                if r.ok is False:
+                    continue
+                try:
+                    tool.reset()
+                    s = self.timed(tool.backup(src, "a1"), f"{case}-{tool.name}-{i}", [src], True)
+                    tool.backed_up("a1", s.stdout)
+                    if isinstance(tool, Eventbak) and tool.elapsed.get("a1"):
+                        s.inner_seconds = tool.elapsed["a1"]
+                        print(f"    (eventbak's own elapsed {s.inner_seconds:.3f} s)", flush=True)
+                    r.samples.append(s)
+                    r.output_bytes = du(tool.outputs())
+                    r.stored_bytes = du(tool.stored())
+                except CmdFailed as exc:
+                    r.ok, r.error = False, str(exc)
+                    print(f"   {tool.name} FAILED: {exc}", flush=True)
+        for tool in tools:
+            r = rows[tool.name]
+            if r.ok is None:
+                try:
+                    why = self.verify(tool, "a1", src, key)
+                    r.ok, r.error = not why, why
+                except CmdFailed as exc:
+                    r.ok, r.error = False, str(exc)
+            rm(tool.out)
 
     def replay_1m_case(self, n: int) -> None:
         state = self.work / "replay-1M" / "state"
@@ -985,6 +1202,15 @@ class Bench:
         return info
 
 
+_POLICY_NOTES = {
+    "encrypted": "the reference writes one file (no 128 MiB pieces: not needed for it); "
+    "both encrypt to the same X25519 recipient (made by `eventbak key generate`); "
+    "eventbak encrypts with pyrage",
+    "incompressible": "the target is eventbak's MB/s against tar | cat's (a copy, no hash)",
+    "compressible": "the target is the compression ratio (input bytes / stored bytes); the "
+    "reference is zstd -3 with 2 threads (-T2)",
+}
+
 _SECOND_NOTES = {
     "eventbak": "no incremental yet: a new session backs up everything again",
     "tar-zstd": "no incremental mode: a full run again into a fresh location",
@@ -1126,8 +1352,9 @@ def ensure_tools(wanted: Sequence[str], install: bool) -> tuple[dict[str, str], 
     for t in wanted:
         gone = [cmd for cmd in NEEDS[t] if cmd in lacking]
         if gone:
-            how = "" if install else " (--no-install)"
-            skipped[t] = f"not installed: {', '.join(gone)}{how}"
+            how = "" if install else ", --no-install"
+            debs = " ".join(sorted({NEEDS[t][cmd] for cmd in gone}))
+            skipped[t] = f"not installed: {', '.join(gone)} (Debian: {debs}{how})"
     return skipped, notes
 
 
@@ -1244,6 +1471,8 @@ def machine_info(work: Path, eventbak_exe: list[str]) -> dict[str, Any]:
             "xz": _version(["xz", "--version"]),
             "restic": _version(["restic", "version"]),
             "borg": _version(["borg", "--version"]),
+            "age": _version(["age", "--version"]),
+            "pyrage": _dist_version("pyrage"),
         },
     }
 
@@ -1282,13 +1511,27 @@ def targets(rows: list[dict[str, Any]], replay_files: int) -> list[dict[str, Any
     ratio("full >= 2x borg", "full", "borg", "mb_per_s", 2.0)
     ratio("small >= 1.5x restic", "small", "restic", "files_per_s", 1.5)
     ratio("s3-upload >= 0.9x boto3", "s3-upload", "boto3", "mb_per_s", 0.9)
+    ratio("encrypted >= tar|zstd|age", "encrypted", "tar-zstd-age", "mb_per_s", 1.0)
+    out.append(_encrypted_output(rows))
+    name = "encrypted peak RSS < 200 MiB"
+    r = _get(rows, "encrypted", "eventbak")
+    if r and r["peak_rss_mib"]:
+        p = r["peak_rss_mib"]
+        ref = _get(rows, "encrypted", "tar-zstd-age")
+        also = f" (tar|zstd|age {ref['peak_rss_mib']:g} MiB)" if ref else ""
+        out.append(_target(name, p < 200, p, f"eventbak {p:g} MiB{also}"))
+    else:
+        out.append(_target(name, None, None, "not measured"))
+    ratio("incompressible >= 0.9x tar|cat", "incompressible", "tar-cat", "mb_per_s", 0.9)
+    out.append(_compressible_ratio(rows))
 
     name = "peak RSS < 200 MiB"
     peaks = {
         r["case"]: r["peak_rss_mib"]
         for r in rows
         if r["tool"] == "eventbak"
-        and r["case"] in ("full", "small", "second", "restore", "s3-upload")
+        and r["case"]
+        in ("full", "small", "second", "restore", "s3-upload", "incompressible", "compressible")
         and r["peak_rss_mib"]
     }
     if peaks:
@@ -1322,6 +1565,40 @@ def targets(rows: list[dict[str, Any]], replay_files: int) -> list[dict[str, Any
         )
         out.append(_target(name, None, r["median_s"], detail))
     return out
+
+
+def _state_mib(r: dict[str, Any]) -> float:
+    """eventbak's state dir (the local catalog): its output less its vault."""
+    return ((r["output_bytes"] or 0) - (r["stored_bytes"] or 0)) / MIB
+
+
+def _encrypted_output(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    name = "encrypted output <= tar|zstd|age"
+    a, b = _get(rows, "encrypted", "eventbak"), _get(rows, "encrypted", "tar-zstd-age")
+    if not (a and b and a["stored_bytes"] and b["stored_bytes"]):
+        return _target(name, None, None, "not measured")
+    v = a["stored_bytes"] / b["stored_bytes"]
+    with_state = a["output_bytes"] / b["stored_bytes"]
+    detail = (
+        f"eventbak's vault {a['stored_bytes'] / MIB:,.2f} MiB vs {b['stored_bytes'] / MIB:,.2f} "
+        f"MiB = {v:.4f}x (want <= 1); its state dir (the local catalog) adds "
+        f"{_state_mib(a):,.2f} MiB: {with_state:.4f}x with it"
+    )
+    return _target(name, v <= 1, round(v, 4), detail)
+
+
+def _compressible_ratio(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    name = "compressible ratio >= zstd -3"
+    a, b = _get(rows, "compressible", "eventbak"), _get(rows, "compressible", "tar-zstd-T2")
+    if not (a and b and a["ratio"] and b["ratio"]):
+        return _target(name, None, None, "not measured")
+    with_state = a["input_bytes"] / a["output_bytes"]
+    detail = (
+        f"input / stored bytes: eventbak {a['ratio']:.4f} (its vault) vs tar|zstd -3 "
+        f"{b['ratio']:.4f} = {a['ratio'] / b['ratio']:.4f}x (want >= 1); with eventbak's "
+        f"state dir ({_state_mib(a):,.2f} MiB) {with_state:.4f}"
+    )
+    return _target(name, a["ratio"] >= b["ratio"], a["ratio"], detail)
 
 
 def _fmt(x: Any, nd: int) -> str:
@@ -1445,14 +1722,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     json_path: Path = args.json or work / "results.json"
     started = dt.datetime.now(dt.UTC)
     tools = [t for t in TOOLS if t in args.only]
-    skipped, install_notes = ensure_tools(tools, not args.no_install)
+    policy = [c for c in POLICY_CASES if c in args.only]
+    skipped, install_notes = ensure_tools([*tools, *policy], not args.no_install)
     snap = snapshot_eventbak(work)
     pythonpath = os.pathsep.join([snap["snapshot"], *filter(None, [os.environ.get("PYTHONPATH")])])
     bench.env["PYTHONPATH"] = os.environ["PYTHONPATH"] = pythonpath
+    if (
+        "encrypted" in policy
+        and "encrypted" not in skipped
+        and "--recipient" not in _backup_help(bench.eventbak_exe)
+    ):
+        skipped["encrypted"] = "this eventbak's backup has no --recipient (no encryption)"
+    policy_run = [c for c in policy if c not in skipped]
+    for case in policy:
+        if case in skipped:
+            print(f"== {case}: skipped ({skipped[case]})", flush=True)
     machine = machine_info(work, bench.eventbak_exe)
     rm(bench.logs)
     tree: dict[str, Any] | None = None
-    if tools:  # the s3-upload case and replay-1M need no tree
+    if tools or policy_run:  # the s3-upload case and replay-1M need no tree
         bench.tree = t = prepare_tree(work, args.scale, args.seed)
         print(
             f"tree: {t.files} files, {t.bytes / MB:.1f} MB; small/: {t.small_files} files; "
@@ -1489,6 +1777,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             compared.append(Borg(out, bench.env))
     if compared:
         bench.backup_tools(compared)
+    policy_info = bench.policy_cases(policy_run) if policy_run else {}
     if "eventbak" in args.only or "replay-1M" in args.only:
         bench.replay_1m_case(args.replay_files)
     rm(work / "out")
@@ -1524,12 +1813,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     notes += [f"{name} skipped: {why}" for name, why in skipped.items()]
     if "eventbak" in ran and ran & {"full", "second", "small"}:
-        if "encrypt" in _backup_help(bench.eventbak_exe):
-            notes.append("eventbak has an encryption option now; this bench does not run it yet")
-        else:
+        notes.append(
+            "full, second, small, restore: eventbak ran unencrypted (default settings, "
+            "--compression auto); its encrypted run is the `encrypted` case"
+            + ("" if "encrypted" in ran else " (not run: --only encrypted)")
+        )
+    for case in POLICY_CASES:
+        if case in ran and case in policy_info:
+            pi = policy_info[case]
             notes.append(
-                "eventbak has no encryption yet: it ran unencrypted (default settings); the "
-                "encrypted run is to be added once encryption exists"
+                f"{case}: {pi['input_files']} files, {pi['input_bytes'] / MB:.1f} MB of "
+                f"{pi['input']}; eventbak: {pi['eventbak']}; reference: {pi['reference']} "
+                f"(restored by {pi['reference_restore']}); {_POLICY_NOTES[case]}"
             )
     if "restic" in ran or "borg" in ran:
         notes.append(
@@ -1576,6 +1871,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 + ", ".join(f"{t} {statistics.median(v):.1f} s" for t, v in cpu.items() if v)
                 + " of CPU per run (median): on 2 cores the store is most of the work"
             )
+    if ran & set(POLICY_CASES):
+        notes.append(
+            "encrypted, incompressible, compressible: rounds alternate the order (eventbak "
+            "first in odd runs, the reference in even ones); stored bytes (the JSON's "
+            "stored_bytes, ratio) are eventbak's vault, output MiB adds its state dir"
+        )
     notes += [
         "peak RSS: summed over the process tree (a pipeline counts each process), sampled "
         "every 20 ms, max over runs; MB/s and files/s are of the input (1 MB = 10^6 bytes)",
@@ -1603,14 +1904,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "eventbak": snap,
         "tree": tree,
         "s3": s3,
-        "tools": {
-            name: {
-                "selected": name in tools,
-                "available": (name not in skipped) if name in tools else None,
-                "skipped": skipped.get(name, ""),
-            }
-            for name in TOOLS
-        },
+        "policy": policy_info,
+        "cases": _selection(POLICY_CASES, policy, skipped),
+        "tools": _selection(TOOLS, tools, skipped),
         "skipped": [{"tool": k, "reason": v} for k, v in skipped.items()],
         "results": rows,
         "targets": targets(rows, args.replay_files),
@@ -1622,6 +1918,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(report(result))
     print(f"\nJSON: {json_path}")
     return 1 if any(r["ok"] is False for r in rows) else 0
+
+
+def _selection(
+    names: Iterable[str], selected: Iterable[str], skipped: dict[str, str]
+) -> dict[str, dict[str, Any]]:
+    chosen = set(selected)
+    return {
+        name: {
+            "selected": name in chosen,
+            "available": (name not in skipped) if name in chosen else None,
+            "skipped": skipped.get(name, ""),
+        }
+        for name in names
+    }
 
 
 def _backup_help(exe: list[str]) -> str:

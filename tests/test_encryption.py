@@ -14,6 +14,7 @@ from pathlib import Path
 import pyrage
 import pytest
 
+from eventbak.archive.age import generate as age_generate
 from eventbak.statedir import members, read_state
 from tests.treeutil import describe
 
@@ -412,3 +413,24 @@ def test_failing_passphrase_command_stops_the_first_backup_before_anything(
     assert r.returncode == 6 and "passphrase_command failed (exit 4)" in r.stderr
     assert not (tmp_path / "vault").exists()
     assert not (tmp_path / "state" / "keys").exists()
+
+
+@pytest.mark.parametrize("problem", ["missing", "bad line", "only comments"])
+def test_unusable_recipients_file_is_one_line_naming_it(tmp_path: Path, problem: str) -> None:
+    listed = tmp_path / "recipients.txt"
+    if problem == "bad line":
+        _, good = age_generate()
+        listed.write_text(f"# team keys\n{good}\nage1typo\n")
+    elif problem == "only comments":
+        listed.write_text("# nobody yet\n")
+    cfg = tmp_path / "eventbak.toml"
+    cfg.write_text(f'[encryption]\nrecipients_file = "{listed}"\n')
+    src = tmp_path / "src"
+    src.mkdir()
+    r = run("--config", cfg, "--state-dir", tmp_path / "state", "backup", src,
+            "--vault", f"file://{tmp_path / 'vault'}")  # fmt: skip
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.count("\n") == 1 and str(listed) in r.stderr
+    if problem == "bad line":
+        assert "line 3" in r.stderr and "age1typo" in r.stderr
+    assert not (tmp_path / "vault").exists()

@@ -290,7 +290,8 @@ class AgeLayer:
         try:
             pyrage.encrypt_io(self._pipe, _Into(self._out), keys)  # type: ignore[arg-type]
         except BaseException as exc:  # handed to the packer at its next call
-            self._error = exc
+            # without its traceback, whose frames hold this layer (a cycle)
+            self._error = exc.with_traceback(None)
             self._pipe.abort()
 
     def _raise(self) -> None:

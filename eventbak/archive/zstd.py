@@ -190,10 +190,20 @@ class ZstdLayer:
             self._writers[not self._compress].flush(zstandard.FLUSH_BLOCK)
 
     def close(self) -> None:
-        if self._frame_open:
-            self._writers[not self._compress].flush(zstandard.FLUSH_FRAME)
-            self._frame_open = False
+        try:
+            if self._frame_open:
+                self._writers[not self._compress].flush(zstandard.FLUSH_FRAME)
+                self._frame_open = False
+        finally:
+            self._release()
         self._out.close()
 
     def abort(self) -> None:
+        self._release()
         self._out.abort()
+
+    def _release(self) -> None:
+        """Break the cycle layer -> writers -> layer now: it would keep the
+        compressor's buffers (tens of MiB with worker threads) alive until the
+        cycle collector ran, one set per archive."""
+        self._writers = ()  # type: ignore[assignment]

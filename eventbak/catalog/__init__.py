@@ -1,0 +1,1 @@
+"""The catalog in the vault: per-session manifests (manifest.py)."""

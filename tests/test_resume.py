@@ -18,7 +18,7 @@ from eventbak.core.log import read_log
 from eventbak.pipeline.coordinator import parse_duration, parse_until
 from eventbak.statedir import log_path, members, read_state
 from tests import crashutil as cu
-from tests.treeutil import describe, restore_all
+from tests.treeutil import check_manifest_is_the_tree, describe, restore_all
 
 pytestmark = pytest.mark.slow
 
@@ -235,6 +235,8 @@ def test_source_changes_between_interruption_and_resume(tmp_path: Path) -> None:
     assert stored_files[0] in session.deleted
     assert os.fsencode(new_early) in session.changed
     assert stored_files[3] in session.changed and stored_files[5] in session.changed
+    # its manifest lists the tree as it is: the deleted file out, changed ones' last copies
+    check_manifest_is_the_tree(state, session.id, [src])
 
 
 def _limit_file_size(limit: int):  # type: ignore[no-untyped-def]
@@ -336,3 +338,4 @@ def test_two_resumes_with_changes_before_each_restore_the_current_tree(tmp_path:
     st, _ = read_state(state)
     (session,) = st.sessions.values()
     assert session.crashes == 2
+    check_manifest_is_the_tree(state, session.id, [src])

@@ -85,3 +85,46 @@ def restore_all(state_dir: Path, to: Path, patterns: list[bytes] | None = None) 
 
     state, _ = read_state(state_dir)
     return restore(state, state_dir, patterns or [], to)
+
+
+def check_manifest_is_the_tree(state_dir: Path, session: str, roots: list[Path]) -> int:
+    """The session's manifest (built from the log) lists exactly the tree
+    under `roots` as it is now: every path, kind, mode, mtime, size, symlink
+    target, and for files byte ranges that cover the file with no gap.
+    Returns the number of entries."""
+    import stat as st_
+
+    from eventbak.catalog.build import session_entries
+    from eventbak.statedir import read_state
+
+    state, _ = read_state(state_dir)
+    entries = list(session_entries(state, state_dir, session))
+    want: dict[bytes, tuple[object, ...]] = {}
+    for root in roots:
+        for dirpath, dirs, files in os.walk(os.fsencode(root)):
+            for name in [b"", *dirs, *files]:
+                p = os.path.join(dirpath, name) if name else dirpath
+                s = os.lstat(p)
+                if st_.S_ISDIR(s.st_mode):
+                    kind = "dir"
+                elif st_.S_ISLNK(s.st_mode):
+                    kind = "symlink"
+                elif st_.S_ISREG(s.st_mode):
+                    kind = "file"
+                else:
+                    continue  # specials are skipped, not listed
+                want[p] = (kind, st_.S_IMODE(s.st_mode), s.st_mtime_ns,
+                           s.st_size if kind == "file" else 0,
+                           os.readlink(p) if kind == "symlink" else b"")  # fmt: skip
+    got: dict[bytes, tuple[object, ...]] = {}
+    for e in entries:
+        kind = "file" if e.kind == "hardlink" else e.kind
+        got[e.path] = (kind, e.mode, e.mtime_ns, e.size, e.target if kind == "symlink" else b"")
+        if e.kind == "file":
+            covered = 0
+            for loc in e.where:
+                assert loc.offset == covered, (e.path, e.where)
+                covered += loc.length
+            assert covered == e.size, (e.path, e.where)
+    assert got == want
+    return len(entries)

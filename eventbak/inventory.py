@@ -139,15 +139,28 @@ def _receive(sd: StateDir, vault: InventoryVault, job: InventoryState) -> Invent
     in_log = {
         a.key: a for a in state.archives.values() if a.state == "uploaded" and a.vault == vault.ref
     }
+    # the sessions' manifests are archives of the vault too
+    catalogs = {
+        s.catalog.key: s.catalog
+        for s in state.sessions.values()
+        if s.catalog is not None and s.vault == vault.ref
+    }
     listed = {e.archive_id for e in entries}
     report = InventoryReport(vault.ref, job.job, "received", job.requested_at, len(entries))
     for key, a in in_log.items():
         if key not in listed and a.uploaded_at < job.requested_at:
             report.missing.append(Missing(a.id, key, a.size, a.uploaded_at))
+    for key, c in catalogs.items():
+        if key not in listed and c.at < job.requested_at:
+            report.missing.append(Missing(f"catalog of {c.session}", key, c.size, c.at))
     for e in entries:
-        if e.archive_id in in_log:
+        if e.archive_id in in_log or e.archive_id in catalogs:
             continue
-        session = (e.key or "").split("/")[1] if (e.key or "").count("/") >= 2 else ""
+        parts = (e.key or "").split("/")
+        if len(parts) == 2 and parts[0] == "catalog":  # catalog/<session>.mf...
+            session = parts[1].split(".")[0]
+        else:  # archives/<session>/<archive>...
+            session = parts[1] if len(parts) >= 3 else ""
         report.unknown.append(Unknown(e.archive_id, e.size, session in state.sessions, e.key))
     sd.record(
         ev.InventoryReceived(

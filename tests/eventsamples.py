@@ -160,6 +160,12 @@ def sample_events() -> list[ev.Event]:
     add(upload_started("a3", t + 16, multipart=False))  # sent anew, in one part
     add(uploaded("a3", a3.size, t + 17))
     add(
+        ev.CatalogStored(
+            at=t + 17.5, session=s1, key=f"catalog/{s1}.mf.zst", size=900, sha256="c" * 64,
+            entries=8, layers=["zstd"], checksum="c" * 64,
+        )
+    )  # fmt: skip
+    add(
         ev.SessionCompleted(
             at=t + 18, session=s1, files=6, bytes=7_107, archives=2, skipped=2, changed=1
         )

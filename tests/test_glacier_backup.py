@@ -103,7 +103,9 @@ def test_inspect_from_vault_starts_an_inventory_job_then_reconciles_it(
         assert waits and set(waits) == {"running"}  # moto takes ~5 s: it waited
         st = sd.state
         uploaded = [a for a in st.archives.values() if a.state == "uploaded"]
-        assert done.archives == len(uploaded)
+        catalogs = [s.catalog for s in st.sessions.values() if s.catalog is not None]
+        assert len(catalogs) == 1  # each session's manifest is an archive of its own
+        assert done.archives == len(uploaded) + len(catalogs)
         assert done.missing == [] and done.unknown == []
         assert st.inventories[first.job].state == "received"
         # an archive of ours the log never recorded (a response lost at the end

@@ -221,3 +221,46 @@ def test_a_sessions_manifest_from_the_log_is_the_tree_and_round_trips(tmp_path: 
     _write(tmp_path / "m", entries, (RECIPIENT,))
     with open(tmp_path / "m", "rb") as f:
         assert list(ManifestReader(f, ["zstd", "age"], _identities(tmp_path))) == entries
+
+
+@pytest.mark.parametrize("encrypted", [False, True])
+def test_a_completed_session_stores_its_manifest_in_the_vault(
+    tmp_path: Path, encrypted: bool
+) -> None:
+    """Before SessionCompleted, the manifest goes into the vault's catalog/
+    and is recorded (CatalogStored); read back from the vault it lists the
+    session's entries."""
+    import subprocess
+    import sys
+
+    from eventbak.catalog.build import session_entries
+    from eventbak.statedir import read_state
+
+    src = tmp_path / "src"
+    (src / "d").mkdir(parents=True)
+    (src / "d" / "a.txt").write_bytes(b"abc" * 1000)
+    (src / "b.bin").write_bytes(os.urandom(300 * 1024))
+    extra = ["--recipient", RECIPIENT] if encrypted else []
+    done = subprocess.run(
+        [sys.executable, "-m", "eventbak", "--state-dir", str(tmp_path / "state"), "backup",
+         str(src), "--vault", f"file://{tmp_path / 'vault'}", "--archive-size", "128KiB",
+         *extra],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    state, image = read_state(tmp_path / "state")
+    (s,) = state.sessions.values()
+    assert s.state == "completed" and s.catalog is not None
+    kinds = [type(r.event).__name__ for r in image.records]
+    assert kinds.index("CatalogStored") == kinds.index("SessionCompleted") - 1
+    suffix = ".mf.zst.age" if encrypted else ".mf.zst"
+    assert s.catalog.key == f"catalog/{s.id}{suffix}"
+    stored = tmp_path / "vault" / s.catalog.key
+    assert stored.stat().st_size == s.catalog.size
+    assert oct(stored.stat().st_mode & 0o777) == "0o600"
+    with open(stored, "rb") as f:
+        r = ManifestReader(f, s.catalog.layers, _identities(tmp_path) if encrypted else None)
+        got = list(r)
+    assert got == list(session_entries(state, tmp_path / "state", s.id))
+    assert len(got) == s.catalog.entries == 4
+    assert not list((tmp_path / "state" / "staging").iterdir())  # nothing left behind

@@ -5,6 +5,7 @@ compared file by file (hashes)."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 import shutil
@@ -17,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from eventbak.core import events as ev
+from eventbak.core.state import State
 from eventbak.statedir import log_path, read_state
 from tests import crashutil as cu
 from tests import servers
@@ -89,6 +91,12 @@ def objects(bucket: Bucket, prefix: str = "host1/") -> dict[str, int]:
     return out
 
 
+def in_log(st: State) -> dict[str, int]:
+    """What the log says the vault holds: uploaded archives and the sessions' manifests."""
+    held = {a.key: a.size for a in st.archives.values() if a.state == "uploaded"}
+    return held | {s.catalog.key: s.catalog.size for s in st.sessions.values() if s.catalog}
+
+
 def verify_log(state: Path) -> None:
     done = run(cmd(state, "replay", "--verify"))
     assert done.returncode == 0, done.stdout + done.stderr
@@ -112,14 +120,15 @@ def test_backup_to_s3_in_parts_and_restore_is_identical(
         # every part went up once, from outside eventbak's point of view
         assert proxy.count(op="UploadPart", fault=None) == len(parts)
         assert proxy.count(op="CompleteMultipartUpload") == len(multipart)
-        assert proxy.count(op="PutObject") == len(archives) - len(multipart)
+        # one PutObject per one-part archive, and the session's manifest
+        assert proxy.count(op="PutObject") == len(archives) - len(multipart) + 1
     for a in archives:
         assert a.checksum and a.storage_class == "STANDARD"
         if a.size > 5 * MIB:
             assert a.checksum.endswith(f"-{-(-a.size // (5 * MIB))}")
         assert "/" + a.session + "/" in "/" + a.key and ".txt" not in a.key
     # the bucket holds exactly what the log says, and nothing else under the prefix
-    assert objects(s3_bucket) == {a.key: a.size for a in archives}
+    assert objects(s3_bucket) == in_log(st)
     assert st.sessions[archives[0].session].vault == f"s3://{s3_bucket.name}/host1"
     restore_and_compare(tmp_path, state, source, "--vault", s3_bucket.url())
     verify_log(state)
@@ -175,8 +184,7 @@ def test_sigkill_mid_multipart_resumes_sending_only_missing_parts(
     (session,) = st.sessions.values()
     assert session.state == "completed" and session.crashes == 2
     # the bucket holds exactly the uploaded archives: no leaked uploads either
-    assert objects(s3_bucket) == {a.key: a.size for a in st.archives.values()
-                                  if a.state == "uploaded"}  # fmt: skip
+    assert objects(s3_bucket) == in_log(st)
     leftover = s3_bucket.client().list_multipart_uploads(Bucket=s3_bucket.name)
     assert leftover.get("Uploads", []) == []
     restore_and_compare(tmp_path, state, source, "--vault", s3_bucket.url())
@@ -379,8 +387,7 @@ def test_crash_matrix_sigkill_at_many_points_against_s3(
             assert again.returncode == 0 and " completed: " in again.stdout, again.stderr
             assert not _sent_parts(proxy) & confirmed, f"kill after event {n}"
         st, _ = read_state(state)
-        uploaded = {a.key: a.size for a in st.archives.values() if a.state == "uploaded"}
-        assert objects(bucket) == uploaded, f"kill after event {n}"
+        assert objects(bucket) == in_log(st), f"kill after event {n}"
         assert bucket.client().list_multipart_uploads(Bucket=bucket.name).get("Uploads", []) == []
         assert {s.state for s in st.sessions.values()} == {"completed"}
         restore_and_compare(tmp_path, state, source, "--vault", bucket.url())
@@ -400,6 +407,13 @@ def test_restore_from_deep_archive_thaws_exactly_the_needed_archives_first(
     st, _ = read_state(state)
     archives = [a for a in st.archives.values() if a.state == "uploaded"]
     assert {a.storage_class for a in archives} == {"DEEP_ARCHIVE"}
+    # the session's manifest is in the bucket too, in a hot class: readable
+    # with no thaw (what recovering from the vault alone will read)
+    (session,) = st.sessions.values()
+    assert session.catalog is not None
+    catalog = bucket.client().get_object(Bucket=bucket.name, Key=f"host1/{session.catalog.key}")
+    assert catalog.get("StorageClass", "STANDARD") == "STANDARD"
+    assert hashlib.sha256(catalog["Body"].read()).hexdigest() == session.catalog.sha256
     with FaultProxy(bucket.endpoint_url) as proxy:
         via = bucket.via(proxy.endpoint_url).url(storage_class="DEEP_ARCHIVE")
         # Expedited does not exist for Deep Archive: refused before any request
@@ -496,7 +510,7 @@ def test_encrypted_backup_to_s3_in_parts_with_its_passphrase_key(
     assert all(a.key.endswith(".tar.zst.age") and a.layers == ["zstd", "age"] for a in archives)
     (recipient,) = {r for s in st.sessions.values() for r in s.recipients}
     stored = objects(s3_bucket)
-    assert stored == {a.key: a.size for a in archives} | {
+    assert stored == in_log(st) | {
         f"keys/{recipient}.age": (state / "keys" / f"{recipient}.age").stat().st_size
     }
     shutil.rmtree(state / "keys")

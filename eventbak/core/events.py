@@ -114,6 +114,21 @@ class SessionCompleted(_Base, frozen=True):
     changed: int
 
 
+class CatalogStored(_Base, frozen=True):
+    """The session's manifest (catalog/manifest.py) is in the vault, in a hot
+    class: every entry of its point in time, where its bytes are. Recorded
+    before `SessionCompleted`; a session may store it again (the latest
+    counts)."""
+
+    session: str
+    key: str  # in the vault, as an archive's key (`catalog/<session>.mf.zst[.age]`)
+    size: int
+    sha256: str  # of the object as stored
+    entries: int
+    layers: list[str] = []
+    checksum: str = ""  # what the vault confirmed
+
+
 class SessionFailed(_Base, frozen=True):
     """The session stopped on an error it could not get past."""
 
@@ -350,6 +365,7 @@ _EVERY_OTHER_EVENT = (
     | SessionCompleted
     | SessionFailed
     | SessionAbandoned
+    | CatalogStored
     | EntrySkipped
     | EntryChanged
     | EntryDeleted

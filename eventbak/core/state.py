@@ -164,6 +164,7 @@ class SessionState:
     error: str = ""
     vault_url: str = ""  # the URL (with options) of its latest run
     recipients: list[str] = field(default_factory=list)  # age public keys; empty: not encrypted
+    catalog: ev.CatalogStored | None = None  # its manifest in the vault
     always_compress: list[str] = field(default_factory=list)
     never_compress: list[str] = field(default_factory=list)
 
@@ -349,6 +350,13 @@ def _deleted(state: State, e: Any, offset: int = -1) -> None:
     _session(state, e.session, e).deleted[e.path] = state.seq + 1
 
 
+def _catalog(state: State, e: ev.CatalogStored, offset: int = -1) -> None:
+    s = _session(state, e.session, e)
+    if s.state != "running":
+        raise IllegalTransition(f"session {s.id}", s.state, "store catalog", e)
+    s.catalog = e
+
+
 def _started(state: State, e: Any, offset: int = -1) -> None:
     s = _session(state, e.session, e)
     if e.archive in state.archives:
@@ -491,6 +499,7 @@ _HANDLERS: dict[type, Any] = {
     ev.SessionCompleted: _completed,
     ev.SessionFailed: _failed,
     ev.SessionAbandoned: _abandoned,
+    ev.CatalogStored: _catalog,
     ev.EntrySkipped: _skipped,
     ev.EntryChanged: _changed,
     ev.EntryDeleted: _deleted,

@@ -50,6 +50,8 @@ import trio
 from eventbak import __version__
 from eventbak.archive.layers import ArchiveFormat
 from eventbak.archive.policy import Policy
+from eventbak.catalog.build import session_entries
+from eventbak.catalog.manifest import ManifestWriter, header_for
 from eventbak.config import Compression, parse_compression
 from eventbak.core import events as ev
 from eventbak.core import plan
@@ -419,6 +421,8 @@ class Session:
                         nursery.start_soon(self._scanner, entries_send)
                         nursery.start_soon(self._builder, entries_recv, sealed_send)
                         nursery.start_soon(self._uploader, sealed_recv)
+                    if not self.stop_reason:
+                        await self._store_catalog()
                 outer.cancel_scope.cancel()
         except BaseException as exc:
             first = _first_error(exc)
@@ -461,6 +465,41 @@ class Session:
             run_files=self.packer.progress.files,
             run_bytes=self.packer.progress.bytes,
         )
+
+    async def _store_catalog(self) -> None:
+        """Every archive is uploaded: the session's manifest, built from the
+        log into staging (catalog/build.py), goes into the vault in a hot
+        class and is recorded, before `SessionCompleted`. A crash before the
+        record stores it again at the next run, under the same key."""
+        self.sd.commit()  # the member lists are read back from the log
+        recipients = self.req.recipients
+        layers = ["zstd", "age"] if recipients else ["zstd"]
+        key = f"catalog/{self.id}.mf" + ev.archive_suffix(layers).removeprefix(".tar")
+        staged = self.sd.staging / f"{self.id}.mf.partial"
+        s = self.sd.state.sessions[self.id]
+
+        def write() -> tuple[int, str, int, bytes]:
+            staged.unlink(missing_ok=True)
+            w = ManifestWriter(staged, header_for(self.id, s.dataset, s.paths), recipients)
+            try:
+                for entry in session_entries(self.sd.state, self.sd.root, self.id):
+                    w.add(entry)
+                size, sha = w.close()
+            except BaseException:
+                w.abort()
+                raise
+            return size, sha, w.count, staged.read_bytes()
+
+        size, sha, count, data = await trio.to_thread.run_sync(write)
+        receipt = await trio.to_thread.run_sync(self.vault.put_small, key, data)
+        self.sd.record(
+            ev.CatalogStored(
+                at=time.time(), session=self.id, key=receipt.key, size=size, sha256=sha,
+                entries=count, layers=layers, checksum=receipt.checksum,
+            )
+        )  # fmt: skip
+        self.sd.commit()
+        staged.unlink(missing_ok=True)
 
     def _commit_or_note(self, why: str) -> None:
         try:

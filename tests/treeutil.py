@@ -89,8 +89,8 @@ def restore_all(state_dir: Path, to: Path, patterns: list[bytes] | None = None) 
 
 def check_manifest_is_the_tree(state_dir: Path, session: str, roots: list[Path]) -> int:
     """The session's manifest (built from the log) lists exactly the tree
-    under `roots` as it is now: every path, kind, mode, mtime, size, symlink
-    target, and for files byte ranges that cover the file with no gap.
+    under `roots` as it is now: every path, kind, mode, mtime, ctime, inode,
+    size, symlink target, and for files byte ranges that cover the file with no gap.
     Returns the number of entries."""
     import stat as st_
 
@@ -113,13 +113,14 @@ def check_manifest_is_the_tree(state_dir: Path, session: str, roots: list[Path])
                     kind = "file"
                 else:
                     continue  # specials are skipped, not listed
-                want[p] = (kind, st_.S_IMODE(s.st_mode), s.st_mtime_ns,
-                           s.st_size if kind == "file" else 0,
+                want[p] = (kind, st_.S_IMODE(s.st_mode), s.st_mtime_ns, s.st_ctime_ns,
+                           s.st_ino, s.st_size if kind == "file" else 0,
                            os.readlink(p) if kind == "symlink" else b"")  # fmt: skip
     got: dict[bytes, tuple[object, ...]] = {}
     for e in entries:
         kind = "file" if e.kind == "hardlink" else e.kind
-        got[e.path] = (kind, e.mode, e.mtime_ns, e.size, e.target if kind == "symlink" else b"")
+        target = e.target if kind == "symlink" else b""
+        got[e.path] = (kind, e.mode, e.mtime_ns, e.ctime_ns, e.ino, e.size, target)
         if e.kind == "file":
             covered = 0
             for loc in e.where:

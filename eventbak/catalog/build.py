@@ -73,6 +73,8 @@ def _entry(
         kind=first.kind,
         mode=first.mode,
         mtime_ns=first.mtime_ns,
+        ctime_ns=first.ctime_ns,
+        ino=first.ino,
         size=first.size,
         uid=first.uid,
         gid=first.gid,

@@ -48,6 +48,10 @@ class Member(msgspec.Struct, array_like=True, frozen=True, gc=False):
     #: The member's data went through the zstd compressor (False: stored as
     #: is, or no zstd layer; logs before 0.3 say False whatever was done).
     zstd: bool = False
+    #: ctime and inode number at the read (for the incremental comparison;
+    #: logs before 0.3 say 0).
+    ctime_ns: int = 0
+    ino: int = 0
 
     @property
     def segmented(self) -> bool:

@@ -266,6 +266,8 @@ class Packer:
                 st.st_uid,
                 st.st_gid,
                 target,
+                ctime_ns=st.st_ctime_ns,
+                ino=st.st_ino,
             )
         )
 
@@ -328,6 +330,8 @@ class Packer:
                 st.st_uid,
                 st.st_gid,
                 first,
+                ctime_ns=st.st_ctime_ns,
+                ino=st.st_ino,
             )
         )
         self.progress.files += 1
@@ -459,6 +463,8 @@ class Packer:
                 length,
                 bool(changed),
                 cur.writer.compressing,
+                st.st_ctime_ns,
+                st.st_ino,
             )
         )
         if offset == 0:

@@ -38,11 +38,10 @@ from eventbak.core.state import IllegalTransition, State, apply, describe_machin
 from eventbak.errors import EXIT_PARTIAL, EventbakError, LogCorrupt, UsageError
 from eventbak.keys import (
     identities_for,
-    key_name,
     passphrase_identities,
     passphrase_recipient,
     recipients_for,
-    store_passphrase_key,
+    store_passphrase_keys,
     write_identity,
 )
 from eventbak.pipeline.coordinator import (
@@ -345,9 +344,7 @@ def backup(
             show = _ProgressLine() if (not as_json and sys.stderr.isatty()) else None
             vault_obj = open_vault(req.vault_url, req.vault_options)
             try:
-                for r in req.recipients:  # the passphrase key goes first, once per vault
-                    if (c.state_dir / key_name(r)).exists():
-                        store_passphrase_key(c.state_dir, r, vault_obj, vault_obj.ref)
+                store_passphrase_keys(c.state_dir, req.recipients, vault_obj)
                 outcome = trio.run(run_backup, sd, req, vault_obj, show, options)
             finally:
                 vault_obj.close()
@@ -512,19 +509,7 @@ def restore(
 
     with VaultResolver(state, vault, configured) as vault_for:
         if identities is None and command:
-
-            def fetch(recipient: str) -> bytes | None:
-                for s in state.sessions.values():
-                    if recipient in s.recipients:
-                        data = vault_for(s.vault).get_small(key_name(recipient))
-                        if data is not None:
-                            return data
-                return None
-
-            used = [r for s in state.sessions.values() for r in s.recipients]
-            identities = passphrase_identities(
-                c.state_dir, command, list(dict.fromkeys(used)), fetch
-            )
+            identities = passphrase_identities(c.state_dir, command, state, vault_for)
         report = do_restore(
             state,
             c.state_dir,

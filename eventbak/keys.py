@@ -40,7 +40,8 @@ from eventbak.archive.age import (
 )
 from eventbak.archive.age import load_identities as _load
 from eventbak.config import EncryptionConfig
-from eventbak.errors import KeyProblem, UsageError, VaultError
+from eventbak.core.state import State
+from eventbak.errors import KeyProblem, UsageError
 from eventbak.fsutil import fsync_dir, private_dir
 
 #: Where a passphrase key lives, in the state directory and in a vault.
@@ -154,14 +155,24 @@ def passphrase_recipient(state_dir: Path, command: str) -> str:
 
 
 class _Store(Protocol):
+    ref: str
+
     def get_small(self, key: str) -> bytes | None: ...
 
     def put_small(self, key: str, data: bytes) -> object: ...
 
 
-def store_passphrase_key(state_dir: Path, recipient: str, vault: _Store, ref: str) -> None:
-    """Put the passphrase key into the vault (once per vault: the state
-    directory remembers where it is), before any archive encrypted to it."""
+def store_passphrase_keys(state_dir: Path, recipients: tuple[str, ...], vault: _Store) -> None:
+    """Put the passphrase keys among `recipients` into the vault (once per
+    vault: the state directory remembers where each is), before any archive
+    encrypted to them is stored there."""
+    for r in recipients:
+        if (state_dir / key_name(r)).exists():
+            _store_passphrase_key(state_dir, r, vault)
+
+
+def _store_passphrase_key(state_dir: Path, recipient: str, vault: _Store) -> None:
+    ref = vault.ref
     path = state_dir / KEYS / f"{recipient}.age"
     stored_in = path.with_name(path.name + ".vaults")
     known = stored_in.read_text().splitlines() if stored_in.exists() else []
@@ -180,22 +191,21 @@ def store_passphrase_key(state_dir: Path, recipient: str, vault: _Store, ref: st
 def passphrase_identities(
     state_dir: Path,
     command: str,
-    recipients: list[str],
-    fetch: Callable[[str], bytes | None],
+    state: State,
+    vault_for: Callable[[str], _Store],
 ) -> Identities | None:
-    """The passphrase keys among `recipients` (the state directory's, or
-    `fetch`ed from a vault), opened with the passphrase; None if none of the
-    recipients is a passphrase key."""
+    """The passphrase keys among the sessions' recipients (the state
+    directory's copy, or else the one in a vault of a session encrypted to
+    it), opened with the passphrase; None if no recipient is a passphrase key."""
     wrapped: dict[str, bytes] = {}
-    for r in recipients:
-        local = state_dir / KEYS / f"{r}.age"
+    for r in dict.fromkeys(r for s in state.sessions.values() for r in s.recipients):
         try:
-            data: bytes | None = local.read_bytes()
+            data: bytes | None = (state_dir / key_name(r)).read_bytes()
         except FileNotFoundError:
-            try:
-                data = fetch(r)
-            except VaultError:
-                data = None
+            data = None
+            for s in state.sessions.values():
+                if data is None and r in s.recipients:  # a vault error is the user's to see
+                    data = vault_for(s.vault).get_small(key_name(r))
         if data is not None:
             wrapped[r] = data
     if not wrapped:

@@ -45,12 +45,14 @@ class ArchiveWriter:
         # 0600: a staged archive holds copies of the files it backs up
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         self._sink = _Sink(self._fd)  # closed (and its thread ended) by seal or abort
+        self._first: Output = self._sink
         try:
             self._layers: list[Layer] = fmt.build(self._sink)
         except BaseException:
             self.abort()
             raise
-        self._first: Output = self._layers[0] if self._layers else self._sink
+        if self._layers:
+            self._first = self._layers[0]
         first = self._layers[0] if self._layers else None
         self._zstd = first if isinstance(first, ZstdLayer) else None
         self.raw_size = 0
@@ -160,6 +162,6 @@ class ArchiveWriter:
 
     def abort(self) -> None:
         """Drop the archive (also after a failed seal): threads ended, file deleted."""
-        getattr(self, "_first", self._sink).abort()
+        self._first.abort()
         self._close_fd()
         self.path.unlink(missing_ok=True)

@@ -363,11 +363,16 @@ class Packer:
             _check_unchanged(fd, st, changed)
             self._add_member(cur, path, st, 0, size, changed)
         elif whole_fits:
-            compress = self._decide(fd, path, size)
+            try:  # the first chunk: what the policy looks at, then the start of the copy
+                first = os.read(fd, CHUNK)
+            except OSError as exc:
+                changed.append(f"read error: {exc.strerror}")
+                first = b""
+            compress = self.policy.decide(path, first[:HEAD], size)
             cur = self._fit(need)
             cur.writer.select(self._class(cur, compress, size))
             cur.writer.write(whole)
-            self._copy(fd, cur, size, changed)
+            self._copy(fd, cur, size, changed, first)
             _check_unchanged(fd, st, changed)
             self._add_member(cur, path, st, 0, size, changed)
         else:
@@ -432,8 +437,9 @@ class Packer:
         return compress
 
     def _decide(self, fd: int, path: bytes, size: int) -> bool:
-        """The policy's choice for a file read in chunks, from its first bytes
-        (a segment of a file follows the choice made for the whole file)."""
+        """The policy's choice for a file split across archives, from its
+        first bytes (every segment follows the choice made for the whole
+        file, also when a resume continues it from an offset)."""
         try:
             head = os.pread(fd, HEAD, 0)
         except OSError:
@@ -470,10 +476,18 @@ class Packer:
         if offset == 0:
             self.progress.files += 1
 
-    def _copy(self, fd: int, cur: _Open, length: int, changed: list[str]) -> None:
-        """Copy `length` bytes from fd into the archive, then the padding."""
+    def _copy(
+        self, fd: int, cur: _Open, length: int, changed: list[str], first: bytes = b""
+    ) -> None:
+        """Copy `length` bytes from fd into the archive (starting with `first`,
+        already read from it), then the padding."""
         write = cur.writer.write
         left = length
+        if first:
+            first = first[:length]
+            write(first)
+            left -= len(first)
+            self.progress.bytes += len(first)
         while left > 0:
             if self.stop.is_set():
                 raise Stopped

@@ -38,7 +38,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal
+from typing import Any, Literal, TypedDict, Unpack
 
 _COPY = 1024 * 1024
 #: Never forwarded: they describe one connection, not the request. Expect is
@@ -137,6 +137,17 @@ class Request:
             if not all(w in self.query for w in wanted):
                 return False
         return True
+
+
+class Match(TypedDict, total=False):
+    """Which requests a rule matches (the keywords of every rule method)."""
+
+    method: str | None
+    op: str | tuple[str, ...] | None
+    query_contains: str | tuple[str, ...] | None
+    path_contains: str | None
+    skip: int
+    limit: int | None
 
 
 @dataclass
@@ -534,58 +545,17 @@ class FaultProxy:
         share: float = 1.0,
         *,
         seed: int = 0,
-        method: str | None = None,
-        op: str | tuple[str, ...] | None = None,
-        query_contains: str | tuple[str, ...] | None = None,
-        path_contains: str | None = None,
-        skip: int = 0,
-        limit: int | None = None,
+        **match: Unpack[Match],
     ) -> Rule:
         """Answer a share of matching requests with an S3 XML error, without
         forwarding them (the request body is read and discarded first)."""
         return self._add(
-            Rule(
-                "error",
-                share=share,
-                seed=seed,
-                method=method,
-                op=op,
-                query_contains=query_contains,
-                path_contains=path_contains,
-                skip=skip,
-                limit=limit,
-                status=status,
-                code=code,
-                message=message,
-            )
+            Rule("error", share, seed, status=status, code=code, message=message, **match)
         )
 
-    def slowdown(
-        self,
-        share: float = 0.2,
-        *,
-        seed: int = 0,
-        method: str | None = None,
-        op: str | tuple[str, ...] | None = None,
-        query_contains: str | tuple[str, ...] | None = None,
-        path_contains: str | None = None,
-        skip: int = 0,
-        limit: int | None = None,
-    ) -> Rule:
+    def slowdown(self, share: float = 0.2, *, seed: int = 0, **match: Unpack[Match]) -> Rule:
         """503 SlowDown for a share of matching requests (not forwarded)."""
-        return self.error(
-            503,
-            "SlowDown",
-            "Please reduce your request rate.",
-            share,
-            seed=seed,
-            method=method,
-            op=op,
-            query_contains=query_contains,
-            path_contains=path_contains,
-            skip=skip,
-            limit=limit,
-        )
+        return self._add(Rule("error", share, seed, **match))
 
     def drop(
         self,
@@ -593,82 +563,24 @@ class FaultProxy:
         *,
         phase: DropPhase = "request",
         seed: int = 0,
-        method: str | None = None,
-        op: str | tuple[str, ...] | None = None,
-        query_contains: str | tuple[str, ...] | None = None,
-        path_contains: str | None = None,
-        skip: int = 0,
-        limit: int | None = None,
+        **match: Unpack[Match],
     ) -> Rule:
         """Reset the client's connection for a share of matching requests.
         phase "request": after reading the request, not forwarded; "response":
         forwarded (the backend acts on it) but no answer at all; "mid_response":
         forwarded, then half the answer (half the headers if it has no body)."""
-        return self._add(
-            Rule(
-                "drop",
-                share=share,
-                seed=seed,
-                method=method,
-                op=op,
-                query_contains=query_contains,
-                path_contains=path_contains,
-                skip=skip,
-                limit=limit,
-                phase=phase,
-            )
-        )
+        return self._add(Rule("drop", share, seed, phase=phase, **match))
 
-    def pause(
-        self,
-        *,
-        method: str | None = None,
-        op: str | tuple[str, ...] | None = None,
-        query_contains: str | tuple[str, ...] | None = None,
-        path_contains: str | None = None,
-        skip: int = 0,
-        limit: int | None = None,
-    ) -> Rule:
+    def pause(self, **match: Unpack[Match]) -> Rule:
         """Hold matching requests (before reading their body) until
         `rule.release()`, clear() or close(); `rule.wait_held(n)` waits until n
         are held. For "kill it while a request is in flight"."""
-        return self._add(
-            Rule(
-                "pause",
-                method=method,
-                op=op,
-                query_contains=query_contains,
-                path_contains=path_contains,
-                skip=skip,
-                limit=limit,
-            )
-        )
+        return self._add(Rule("pause", **match))
 
-    def on_request(
-        self,
-        callback: Callable[[Request], object],
-        *,
-        method: str | None = None,
-        op: str | tuple[str, ...] | None = None,
-        query_contains: str | tuple[str, ...] | None = None,
-        path_contains: str | None = None,
-        skip: int = 0,
-        limit: int | None = None,
-    ) -> Rule:
+    def on_request(self, callback: Callable[[Request], object], **match: Unpack[Match]) -> Rule:
         """Call callback(request) in the proxy's thread before a matching
         request is forwarded (e.g. to restart the backend at the third part)."""
-        return self._add(
-            Rule(
-                "hook",
-                method=method,
-                op=op,
-                query_contains=query_contains,
-                path_contains=path_contains,
-                skip=skip,
-                limit=limit,
-                callback=callback,
-            )
-        )
+        return self._add(Rule("hook", callback=callback, **match))
 
     def remove(self, rule: Rule) -> None:
         with self._lock:

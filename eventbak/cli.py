@@ -34,7 +34,7 @@ from eventbak.config import (
 )
 from eventbak.core import events as ev
 from eventbak.core.log import TornTail, head_of, iter_log
-from eventbak.core.state import IllegalTransition, State, apply, describe_machines
+from eventbak.core.state import IllegalTransition, SessionState, State, apply, describe_machines
 from eventbak.errors import EXIT_PARTIAL, EventbakError, LogCorrupt, UsageError
 from eventbak.keys import (
     identities_for,
@@ -142,6 +142,7 @@ def _requests(
     archive_size: str | None,
     compression: str | None,
     recipient: tuple[str, ...] = (),
+    rule: Rule | None = None,
 ) -> list[BackupRequest]:
     try:
         comp_override = parse_compression(compression) if compression else None
@@ -185,6 +186,7 @@ def _requests(
             out.append(b)
         return normalize_roots(out)
 
+    rule = rule or Rule()
     if paths:
         url, size, opts = vault_for(None)
         return [
@@ -197,6 +199,9 @@ def _requests(
                 [],
                 opts,
                 recipients,
+                full=rule.full,
+                ignore_inode=rule.ignore_inode,
+                ignore_ctime=rule.ignore_ctime,
             )
         ]
     if not cfg.datasets:
@@ -216,9 +221,22 @@ def _requests(
                 recipients,
                 list(ds.always_compress),
                 list(ds.never_compress),
+                full=rule.full,
+                ignore_inode=rule.ignore_inode or ds.ignore_inode,
+                ignore_ctime=rule.ignore_ctime or ds.ignore_ctime,
             )
         )
     return reqs
+
+
+@dataclass(frozen=True)
+class Rule:
+    """What a new session stores: everything (`full`), or what changed since
+    the last completed one, by a rule with or without inodes and ctimes."""
+
+    full: bool = False
+    ignore_inode: bool = False
+    ignore_ctime: bool = False
 
 
 class _ProgressLine:
@@ -260,6 +278,8 @@ def _summary(o: Outcome) -> dict[str, Any]:
         "run_bytes": o.run_bytes,
         "mb_per_s": round(o.run_bytes / o.elapsed / 1e6, 1) if o.elapsed > 0 else 0.0,
         "error": o.error,
+        "base": s.base,
+        "point_in_time": _point_in_time(s),
     }
 
 
@@ -285,6 +305,13 @@ def _summary(o: Outcome) -> dict[str, Any]:
     is_flag=True,
     help="Abandon an unfinished session (its uploaded archives stay) and start anew.",
 )
+@click.option(
+    "--full",
+    is_flag=True,
+    help="Store every file, not only what changed since the last completed session.",
+)
+@click.option("--ignore-inode", is_flag=True, help="Changed files: do not compare inode numbers.")
+@click.option("--ignore-ctime", is_flag=True, help="Changed files: do not compare ctimes.")
 @click.option("--until", "until", metavar="HH:MM", help="Pause when this local time comes.")
 @click.option("--max-duration", metavar="DURATION", help="Pause after this long: 90s, 15m, 2h.")
 @click.option(
@@ -305,14 +332,19 @@ def backup(
     recipient: tuple[str, ...],
     as_json: bool,
     new_session: bool,
+    full: bool,
+    ignore_inode: bool,
+    ignore_ctime: bool,
     until: str | None,
     max_duration: str | None,
     grace: float,
 ) -> None:
     """Back up PATHs, or every dataset of the config (one session each).
     An unfinished session for the same paths and vault is resumed where it
-    stopped."""
-    reqs = _requests(c, paths, vault, archive_size, compression, recipient)
+    stopped. A new session stores what changed since the last completed one
+    (unless --full); it restores as a whole point in time all the same."""
+    rule = Rule(full, ignore_inode, ignore_ctime)
+    reqs = _requests(c, paths, vault, archive_size, compression, recipient, rule)
     deadline = _deadline(until, max_duration)
     options = RunOptions(deadline=deadline, grace=grace, new_session=new_session)
     catch_signals_early()
@@ -404,6 +436,10 @@ def _print_outcome(o: Outcome) -> None:
         f"{s.archives_uploaded} archives ({_human(s.bytes_uploaded)} stored), "
         f"{o.elapsed:.1f} s, {rate:.1f} MB/s"
     )
+    pit = _point_in_time(s)
+    if pit is not None:
+        since = f"only what changed since session {s.base}" if s.base else "a full session"
+        click.echo(f"  point in time: {pit['files']} files, {_human(pit['bytes'])} ({since})")
     for path, reason in s.skipped.items():
         click.echo(f"  skipped {ev.show_path(path)}: {reason}")
     for path, detail in s.changed.items():
@@ -736,7 +772,44 @@ def _session_dict(s: Any) -> dict[str, Any]:
         "pauses": s.pauses,
         "crashes": s.crashes,
         "error": s.error,
+        "base": s.base,
+        "point_in_time": _point_in_time(s),
     }
+
+
+def _point_in_time(s: SessionState) -> dict[str, int] | None:
+    """A completed session's whole point in time (its manifest's totals)."""
+    c = s.catalog
+    if c is None:
+        return None
+    return {"entries": c.entries, "files": c.files, "bytes": c.bytes}
+
+
+@main.command()
+@click.option("--dataset", help="Only sessions of this dataset.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON: a list of sessions.")
+@click.pass_obj
+def sessions(c: Ctx, dataset: str | None, as_json: bool) -> None:
+    """List the sessions, oldest first: each completed one is a point in time
+    to restore (`restore --session ID`), with its files and bytes and what it
+    stored new."""
+    state, _ = _read_state(c)
+    chosen = [s for s in state.sessions.values() if dataset is None or s.dataset == dataset]
+    if as_json:
+        click.echo(json.dumps([_session_dict(s) for s in chosen], indent=2))
+        return
+    if not chosen:
+        click.echo("no sessions" + (f" of dataset {dataset}" if dataset else ""))
+        return
+    for s in chosen:
+        pit = _point_in_time(s)
+        whole = f"{pit['files']} files, {_human(pit['bytes'])}" if pit else "-"
+        kind = f"since {s.base}" if s.base else "full"
+        click.echo(
+            f"{s.id}  {s.dataset}  {s.state:<9}  {_when(s.opened_at)}  {whole}; "
+            f"new {s.files} files, {_human(s.bytes)} ({_human(s.bytes_uploaded)} stored)  "
+            f"[{kind}]"
+        )
 
 
 @main.command()

@@ -54,6 +54,10 @@ class DatasetConfig(msgspec.Struct, forbid_unknown_fields=True):
     #: compressed, or never; `always_compress` wins when both match.
     always_compress: list[str] = []
     never_compress: list[str] = []
+    #: The change rule of incremental sessions leaves out inode numbers / ctimes
+    #: (for file systems that do not keep them stable across mounts).
+    ignore_inode: bool = False
+    ignore_ctime: bool = False
 
 
 class EncryptionConfig(msgspec.Struct, forbid_unknown_fields=True):

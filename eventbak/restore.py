@@ -78,10 +78,11 @@ import zstandard
 
 from eventbak import archive as ar
 from eventbak.archive.age import AgeError, Decrypting, Identities
+from eventbak.catalog.build import entries_of
+from eventbak.catalog.manifest import ManifestEntry, ManifestError
 from eventbak.core import events as ev
 from eventbak.core.state import ArchiveState, SessionState, State
 from eventbak.errors import EventbakError, KeyProblem, UsageError, VaultError, VaultUnreachable
-from eventbak.statedir import members
 from eventbak.vaults import Vault, open_vault, parse_vault
 from eventbak.vaults.base import Held, Tier
 from eventbak.vaults.url import FROZEN_CLASSES
@@ -196,38 +197,29 @@ def _pattern_matcher(patterns: list[bytes]) -> Callable[[bytes], bool]:
 
 
 def plan_restore(state: State, root: Path, patterns: list[bytes], session: str | None) -> Plan:
-    """What to extract from which archive. Member lists are read from the log
-    one archive at a time; the plan holds only the selected entries."""
+    """What to extract from which archive. Each chosen session's point in time
+    is read as a stream (catalog/build.py `entries_of`: its manifest, or the
+    log's member lists over its base); the plan holds only the selected
+    entries (and, for hard links, where the files' bytes are)."""
     sessions = choose_sessions(state, session)
     match = _pattern_matcher(patterns)
     plan = Plan(sessions=sessions, by_archive=[], links=[], dirs=[], count=0, size=0)
-    files_by_path: dict[bytes, list[tuple[ArchiveState, ev.Member]]] = {}
-    selected: dict[bytes, list[tuple[ArchiveState, ev.Member]]] = {}
-    order: list[str] = []
+    files_by_path: dict[bytes, _Pieces] = {}
+    selected: dict[bytes, _Pieces] = {}
     for s in sessions:
-        for a in state.archives_of(s.id):
-            order.append(a.id)
-            if a.state != "uploaded":
-                if a.state != "discarded":
-                    plan.missing += a.count
-                continue
-            for m in members(root, a):
-                # A path stored again (resume after a change, or a later
-                # session of another dataset) starts a new generation: only
-                # the last one is restored.
-                new_generation = m.kind != "file" or m.offset == 0
-                if m.kind == "file":
-                    if new_generation:
-                        files_by_path[m.path] = []
-                    files_by_path.setdefault(m.path, []).append((a, m))
-                if match(m.path):
-                    if new_generation:
-                        selected[m.path] = []
-                    selected.setdefault(m.path, []).append((a, m))
-        for gone, seq in s.deleted.items():  # unless stored again after that
-            found = selected.get(gone)
-            if found and found[-1][0].session == s.id and found[-1][0].sealed_seq < seq:
-                del selected[gone]
+        for arch in state.archives_of(s.id):
+            if arch.state not in ("uploaded", "discarded"):
+                plan.missing += arch.count
+        try:
+            # a later session (of another dataset) holding the same path wins
+            for e in entries_of(state, root, s):
+                pieces = _pieces(state, s, e)
+                if e.kind == "file":
+                    files_by_path[e.path] = pieces
+                if match(e.path):
+                    selected[e.path] = pieces
+        except ManifestError as exc:
+            raise EventbakError(str(exc)) from None
     if not selected:
         ids = ", ".join(s.id for s in sessions)
         raise EventbakError(
@@ -237,7 +229,8 @@ def plan_restore(state: State, root: Path, patterns: list[bytes], session: str |
     work: dict[str, dict[bytes, list[Item]]] = {}
     archives: dict[str, ArchiveState] = {}
 
-    def add(a: ArchiveState, m: ev.Member, dest_path: bytes) -> None:
+    def add(a: ArchiveState | None, m: ev.Member, dest_path: bytes) -> None:
+        assert a is not None  # files and symlinks have their archive
         name = ar.member_name(m.path, m.kind, m.offset if m.segmented else None).rstrip(b"/")
         archives[a.id] = a
         work.setdefault(a.id, {}).setdefault(name, []).append(Item(m, dest_path))
@@ -268,10 +261,48 @@ def plan_restore(state: State, root: Path, patterns: list[bytes], session: str |
                 plan.count += 1
             if m.kind == "file":
                 plan.size += m.length
-    plan.by_archive = [(archives[aid], work[aid]) for aid in order if aid in work]
+    order = {aid: i for i, aid in enumerate(state.archives)}  # sealed in this order
+    plan.by_archive = [(archives[aid], work[aid]) for aid in sorted(work, key=order.__getitem__)]
     if plan.missing:
         plan.warnings.append(f"{plan.missing} entries are in archives not uploaded yet")
     return plan
+
+
+#: Where a path's bytes are: the archive and member of each piece (a split
+#: file's segments in order; one for a symlink; no archive for a directory
+#: or a hard link, made from the catalog).
+_Pieces = list[tuple[ArchiveState | None, ev.Member]]
+
+
+def _pieces(state: State, s: SessionState, e: ManifestEntry) -> _Pieces:
+    """The pieces of `e` in uploaded archives (a piece in an archive that is
+    not, as in a session still running, is left out: a split file missing a
+    segment is not restored, with a warning)."""
+
+    def member(offset: int = 0, length: int = 0) -> ev.Member:
+        return ev.Member(
+            e.path, e.kind, e.mode, e.mtime_ns, e.size, e.uid, e.gid, e.target, offset, length,
+            zstd=e.zstd, ctime_ns=e.ctime_ns, ino=e.ino,
+        )  # fmt: skip
+
+    if e.kind in ("dir", "hardlink"):
+        return [(None, member())]
+    if not e.where:
+        raise ManifestError(
+            f"the point in time of session {s.id} lists {ev.show_path(e.path)} "
+            "without the archive that holds it"
+        )
+    out: _Pieces = []
+    for loc in e.where:
+        a = state.archives.get(loc.archive)
+        if a is None:
+            raise ManifestError(
+                f"the point in time of session {s.id} puts {ev.show_path(e.path)} in archive "
+                f"{loc.archive}, which the log does not know"
+            )
+        if a.state == "uploaded":
+            out.append((a, member(loc.offset, loc.length)))
+    return out
 
 
 # -- vaults ---------------------------------------------------------------------

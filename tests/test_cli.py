@@ -295,8 +295,8 @@ def test_backup_two_datasets_from_config(mode: str, tmp_path: Path) -> None:
     assert out[0]["session"] != out[1]["session"]
     assert (state / "events.log").exists()  # state_dir from the config
     assert not (tmp_path / "state").exists()
-    # text mode: each session announces its vault
-    run = assert_ok(cli(*pre, "backup"))
+    # text mode: each session announces its vault (--full: store everything again)
+    run = assert_ok(cli(*pre, "backup", "--full"))
     assert run.out.count(f"state dir: {state}") == 2
     assert re.search(rf"^vault:\s+{re.escape(v1)}$", run.out, re.M)
     assert re.search(rf"^vault:\s+{re.escape(v2)}$", run.out, re.M)

@@ -64,6 +64,10 @@ def backup(
     archive_size: int = 128 * 1024 * 1024,
     compression: Compression | None = None,
     exclude: list[str] | None = None,
+    *,
+    full: bool = False,
+    ignore_inode: bool = False,
+    ignore_ctime: bool = False,
 ) -> Outcome:
     req = BackupRequest(
         dataset="test",
@@ -72,6 +76,9 @@ def backup(
         archive_size=archive_size,
         compression=compression or Compression("auto"),
         exclude=exclude or [],
+        full=full,
+        ignore_inode=ignore_inode,
+        ignore_ctime=ignore_ctime,
     )
     sd = StateDir.open(state_dir)
     try:
@@ -80,25 +87,27 @@ def backup(
         sd.close()
 
 
-def restore_all(state_dir: Path, to: Path, patterns: list[bytes] | None = None) -> RestoreReport:
+def restore_all(
+    state_dir: Path, to: Path, patterns: list[bytes] | None = None, session: str | None = None
+) -> RestoreReport:
     from eventbak.statedir import read_state
 
     state, _ = read_state(state_dir)
-    return restore(state, state_dir, patterns or [], to)
+    return restore(state, state_dir, patterns or [], to, session)
 
 
 def check_manifest_is_the_tree(state_dir: Path, session: str, roots: list[Path]) -> int:
-    """The session's manifest (built from the log) lists exactly the tree
+    """The session's point in time (its manifest, or built from the log) lists exactly the tree
     under `roots` as it is now: every path, kind, mode, mtime, ctime, inode,
     size, symlink target, and for files byte ranges that cover the file with no gap.
     Returns the number of entries."""
     import stat as st_
 
-    from eventbak.catalog.build import session_entries
+    from eventbak.catalog.build import entries_of
     from eventbak.statedir import read_state
 
     state, _ = read_state(state_dir)
-    entries = list(session_entries(state, state_dir, session))
+    entries = list(entries_of(state, state_dir, state.sessions[session]))
     want: dict[bytes, tuple[object, ...]] = {}
     for root in roots:
         for dirpath, dirs, files in os.walk(os.fsencode(root)):

@@ -36,6 +36,7 @@ from eventbak.archive.age import AgeError, Decrypting, Identities
 from eventbak.archive.layers import ArchiveFormat, Output
 from eventbak.archive.sink import _Sink
 from eventbak.config import Compression
+from eventbak.errors import EventbakError
 
 FORMAT_VERSION = 1
 #: Records are handed to the layers in batches of about this size.
@@ -47,7 +48,7 @@ _LEN = struct.Struct("<I")
 EntryKind = Literal["file", "dir", "symlink", "hardlink"]
 
 
-class ManifestError(Exception):
+class ManifestError(EventbakError):
     """A manifest that is damaged, truncated or not what it claims (one line)."""
 
 

@@ -89,6 +89,13 @@ class SessionOpened(_Base, frozen=True):
     #: The dataset's patterns that force (or forbid) compression per file.
     always_compress: list[str] = []
     never_compress: list[str] = []
+    #: The completed session this one stores the changes since (its manifest
+    #: is the starting point in time); empty: a full session.
+    base: str = ""
+    #: The change rule leaves out the inode number / the ctime (file systems
+    #: that do not keep them stable: some network and FUSE mounts).
+    ignore_inode: bool = False
+    ignore_ctime: bool = False
 
 
 class SessionResumed(_Base, frozen=True):
@@ -131,6 +138,12 @@ class CatalogStored(_Base, frozen=True):
     entries: int
     layers: list[str] = []
     checksum: str = ""  # what the vault confirmed
+    #: The point in time's totals: files (hard links included) and their bytes.
+    files: int = 0
+    bytes: int = 0
+    #: The state dir's own copy (`catalog/<session>.mf.zst`, never encrypted:
+    #: the next session compares the tree with it): its SHA-256.
+    local_sha256: str = ""
 
 
 class SessionFailed(_Base, frozen=True):

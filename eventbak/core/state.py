@@ -167,6 +167,9 @@ class SessionState:
     catalog: ev.CatalogStored | None = None  # its manifest in the vault
     always_compress: list[str] = field(default_factory=list)
     never_compress: list[str] = field(default_factory=list)
+    base: str = ""  # the completed session it stores the changes since
+    ignore_inode: bool = False
+    ignore_ctime: bool = False
 
     @property
     def interruptions(self) -> int:
@@ -289,6 +292,12 @@ def apply(state: State, event: ev.Event | ev.HeadEvent, offset: int = -1) -> Sta
 def _opened(state: State, e: Any, offset: int = -1) -> None:
     if e.session in state.sessions:
         raise IllegalTransition(f"session {e.session}", "exists", "open", e)
+    if e.base:  # a session builds on a completed one only
+        b = state.sessions.get(e.base)
+        if b is None or b.state != "completed":
+            raise IllegalTransition(
+                f"base session {e.base}", "absent" if b is None else b.state, "build on", e
+            )
     s = SessionState(
         id=e.session,
         dataset=e.dataset,
@@ -302,6 +311,9 @@ def _opened(state: State, e: Any, offset: int = -1) -> None:
         recipients=list(e.recipients),
         always_compress=list(e.always_compress),
         never_compress=list(e.never_compress),
+        base=e.base,
+        ignore_inode=e.ignore_inode,
+        ignore_ctime=e.ignore_ctime,
     )
     _step_session(s, "open", e)
     state.sessions[e.session] = s

@@ -42,7 +42,7 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 import trio
@@ -50,18 +50,20 @@ import trio
 from eventbak import __version__
 from eventbak.archive.layers import ArchiveFormat
 from eventbak.archive.policy import Policy
-from eventbak.catalog.build import session_entries
-from eventbak.catalog.manifest import ManifestWriter, header_for
+from eventbak.catalog import store
+from eventbak.catalog.build import KEPT, session_entries
+from eventbak.catalog.manifest import ManifestEntry, ManifestError
 from eventbak.config import Compression, parse_compression
 from eventbak.core import events as ev
 from eventbak.core import plan
-from eventbak.core.state import ArchiveState, SessionState
+from eventbak.core.state import SessionState
 from eventbak.errors import EXIT_FAILURE, EventbakError
+from eventbak.fsutil import sha256_file
 from eventbak.pipeline.builder import Output, Packer, Sealed, Stopped
-from eventbak.pipeline.scanner import Entry, Exclude, merge_runs, resume_filter, walk
+from eventbak.pipeline.scanner import Entry, Exclude, changes, walk
 from eventbak.pipeline.scanner import key as walk_key
 from eventbak.pipeline.uploader import Transfers
-from eventbak.statedir import StateDir, members
+from eventbak.statedir import StateDir
 from eventbak.vaults import Vault, parse_vault
 
 BATCH_ENTRIES = 512
@@ -85,6 +87,11 @@ class BackupRequest:
     recipients: tuple[str, ...] = ()
     always_compress: list[str] = field(default_factory=list)
     never_compress: list[str] = field(default_factory=list)
+    #: the change rule without inode numbers / ctimes (scanner.changes)
+    ignore_inode: bool = False
+    ignore_ctime: bool = False
+    #: store everything, not only what changed since the last completed session
+    full: bool = False
 
     @property
     def format(self) -> ArchiveFormat:
@@ -202,7 +209,9 @@ class Session:
             stop=self.stop,
         )
         self.started = time.monotonic()
-        self._resume_stored: Iterable[ev.Member] = ()
+        # what the point in time holds already (the base's manifest, and for a
+        # resumed session its own copies): read by the scanner thread
+        self._known: Callable[[], Iterable[ManifestEntry]] = self._base_entries
         self._resume_cursor: bytes | None = None
         self.transfers = Transfers(sd, vault, session_id, self.stop)
         # recovered archives still to send, with what reconciling them learnt
@@ -251,17 +260,11 @@ class Session:
                 if state.archives[a.id].state in ("sealed", "uploading"):
                     self._to_upload.append((a.id, obs))
         s = state.sessions[self.id]
-        kept = [
-            a for a in state.archives_of(self.id) if a.state in ("sealed", "uploading", "uploaded")
-        ]
-        root = sd.root
-        runs: dict[int, list[ArchiveState]] = {}
-        for a in kept:
-            runs.setdefault(a.run, []).append(a)
-        # read lazily, one archive per run at a time, by the scanner thread
-        self._resume_stored = merge_runs(
-            [(m for a in group for m in members(root, a)) for _, group in sorted(runs.items())]
-        )
+        kept = [a for a in state.archives_of(self.id) if a.state in KEPT]
+        # the list of archives is taken now; their members are read lazily,
+        # one archive per run at a time, by the scanner thread
+        known = session_entries(state, sd.root, self.id, self._open_base, KEPT)
+        self._known = lambda: known
         lasts = [a.last.path for a in kept if a.last is not None]
         self._resume_cursor = max(lasts, key=walk_key) if lasts else None
         self.packer.next_index = len(s.archives) + 1
@@ -303,8 +306,13 @@ class Session:
         exclude = Exclude(self.req.exclude) if self.req.exclude else None
         own = [self.sd.root, self.vault.local_root]
         skip = frozenset(os.fsencode(os.path.abspath(p)) for p in own if p is not None)
-        entries = resume_filter(
-            walk(self.req.paths, exclude, skip), self._resume_stored, self._resume_cursor
+        s = self.sd.state.sessions[self.id]
+        entries = changes(
+            walk(self.req.paths, exclude, skip),
+            self._known(),
+            self._resume_cursor,
+            ignore_inode=s.ignore_inode,
+            ignore_ctime=s.ignore_ctime,
         )
         batch: list[Entry] = []
         size = 0
@@ -466,40 +474,50 @@ class Session:
             run_bytes=self.packer.progress.bytes,
         )
 
+    def _open_base(self, session: str) -> Iterator[ManifestEntry]:
+        try:
+            yield from store.read_local(self.sd.root, self.sd.state.sessions[session])
+        except ManifestError as exc:
+            raise ManifestError(
+                f"{exc}; `eventbak backup --new-session --full` abandons this session "
+                "and stores everything again"
+            ) from None
+
+    def _base_entries(self) -> Iterable[ManifestEntry]:
+        base = self.sd.state.sessions[self.id].base
+        return self._open_base(base) if base else ()
+
     async def _store_catalog(self) -> None:
-        """Every archive is uploaded: the session's manifest, built from the
-        log into staging (catalog/build.py), goes into the vault in a hot
-        class and is recorded, before `SessionCompleted`. A crash before the
-        record stores it again at the next run, under the same key."""
+        """Every archive is uploaded: the session's manifest (catalog/build.py:
+        its base's entries with what it stored laid over them) is written to
+        the state dir (catalog/store.py) and, encrypted when the session is,
+        into the vault in a hot class, and recorded before `SessionCompleted`.
+        A crash before the record writes and stores it again at the next
+        run, under the same key."""
         self.sd.commit()  # the member lists are read back from the log
         recipients = self.req.recipients
         layers = ["zstd", "age"] if recipients else ["zstd"]
         key = f"catalog/{self.id}.mf" + ev.archive_suffix(layers).removeprefix(".tar")
-        staged = self.sd.staging / f"{self.id}.mf.partial"
-        s = self.sd.state.sessions[self.id]
+        sd = self.sd
+        s = sd.state.sessions[self.id]
 
-        def write() -> tuple[int, str, int, bytes]:
-            staged.unlink(missing_ok=True)
-            w = ManifestWriter(staged, header_for(self.id, s.dataset, s.paths), recipients)
-            try:
-                for entry in session_entries(self.sd.state, self.sd.root, self.id):
-                    w.add(entry)
-                size, sha = w.close()
-            except BaseException:
-                w.abort()
-                raise
-            return size, sha, w.count, staged.read_bytes()
+        def write() -> tuple[store.Written, bytes]:
+            entries = session_entries(sd.state, sd.root, self.id, self._open_base)
+            w = store.write(sd.root, sd.staging, s, entries, recipients)
+            return w, w.staged.read_bytes()
 
-        size, sha, count, data = await trio.to_thread.run_sync(write)
+        w, data = await trio.to_thread.run_sync(write)
         receipt = await trio.to_thread.run_sync(self.vault.put_small, key, data)
-        self.sd.record(
+        sd.record(
             ev.CatalogStored(
-                at=time.time(), session=self.id, key=receipt.key, size=size, sha256=sha,
-                entries=count, layers=layers, checksum=receipt.checksum,
+                at=time.time(), session=self.id, key=receipt.key, size=w.size, sha256=w.sha256,
+                entries=w.entries, layers=layers, checksum=receipt.checksum, files=w.files,
+                bytes=w.bytes, local_sha256=w.local_sha256,
             )
         )  # fmt: skip
-        self.sd.commit()
-        staged.unlink(missing_ok=True)
+        sd.commit()
+        if w.staged.parent == sd.staging:
+            w.staged.unlink(missing_ok=True)
 
     def _commit_or_note(self, why: str) -> None:
         try:
@@ -524,6 +542,39 @@ class Session:
             self.sd.record(ev.ArchiveDiscarded(at=time.time(), archive=a.id, reason=reason))
 
 
+def find_base(sd: StateDir, req: BackupRequest, vault: Vault) -> str:
+    """The session a new one stores the changes since: the latest completed
+    session of the same dataset, paths and vault; "" (a full session) if
+    there is none, if it predates manifests in the state dir, or `req.full`.
+    Its manifest copy must be whole: a missing or damaged one is an error
+    (ManifestError) that says how to start a full session instead."""
+    if req.full:
+        return ""
+    for s in reversed(sd.state.sessions.values()):
+        if not (
+            s.state == "completed"
+            and s.dataset == req.dataset
+            and s.paths == req.paths
+            and vault_ref(s.vault) == vault.ref
+        ):
+            continue
+        if s.catalog is None or not s.catalog.local_sha256:
+            return ""  # stored before eventbak kept manifests: start afresh
+        path = store.local_path(sd.root, s.id)
+        try:
+            ok = sha256_file(path) == s.catalog.local_sha256
+            why = "is damaged (its sha256 differs from the log's)"
+        except OSError as exc:
+            ok, why = False, f"cannot be read: {exc.strerror}"
+        if not ok:
+            raise ManifestError(
+                f"the manifest of session {s.id} ({path}) {why}; the next session would "
+                "build on it: run `eventbak backup --full` to store everything again"
+            )
+        return s.id
+    return ""
+
+
 def open_session(sd: StateDir, req: BackupRequest, vault: Vault) -> str:
     sid = new_session_id()
     sd.record(
@@ -542,6 +593,9 @@ def open_session(sd: StateDir, req: BackupRequest, vault: Vault) -> str:
             recipients=list(req.recipients),
             always_compress=req.always_compress,
             never_compress=req.never_compress,
+            base=find_base(sd, req, vault),
+            ignore_inode=req.ignore_inode,
+            ignore_ctime=req.ignore_ctime,
         )
     )
     sd.commit()
@@ -581,6 +635,8 @@ def _session_request(s: SessionState, req: BackupRequest) -> BackupRequest:
         recipients=tuple(s.recipients),
         always_compress=s.always_compress,
         never_compress=s.never_compress,
+        ignore_inode=s.ignore_inode,
+        ignore_ctime=s.ignore_ctime,
     )
 
 

@@ -13,7 +13,6 @@ kind that says so; the builder records them as events.
 
 from __future__ import annotations
 
-import heapq
 import os
 import stat
 from collections.abc import Callable, Iterable, Iterator
@@ -21,7 +20,7 @@ from dataclasses import dataclass
 
 import pathspec
 
-from eventbak.core import events as ev
+from eventbak.catalog.manifest import ManifestEntry
 
 #: Kinds yielded: "file", "dir", "symlink" are stored; "special" and "error"
 #: become EntrySkipped events ("error" with exit code 3).
@@ -187,112 +186,102 @@ def _walk_tree(
             yield _classify(path, st)
 
 
-# -- resume ------------------------------------------------------------------
+# -- what changed -------------------------------------------------------------
 
 
-@dataclass
-class _Stored:
-    """What a session already stored of one path (its segments merged)."""
-
-    member: ev.Member
-    covered: int  # bytes from offset 0 stored without a gap
-
-    @property
-    def complete(self) -> bool:
-        return self.member.kind != "file" or self.covered >= self.member.size
-
-
-def merge_runs(runs: list[Iterable[ev.Member]]) -> Iterator[ev.Member]:
-    """The stored members of a session in walk order. Each run of the session
-    (until an interruption) stored its members in walk order; a resumed run
-    starts from the top again (entries changed before the cursor). For equal
-    paths the later run comes later (heapq.merge is stable), so it wins."""
-    return heapq.merge(*runs, key=lambda m: key(m.path))
-
-
-def _merge_stored(members: Iterable[ev.Member]) -> Iterator[_Stored]:
-    """Stored members (in walk order) merged per path; later copies win."""
-    current: _Stored | None = None
-    for m in members:
-        if (
-            current is not None
-            and current.member.path == m.path
-            and m.kind == "file"
-            and m.offset != 0
-        ):
-            if m.offset == current.covered:
-                current.covered += m.length
-            continue
-        if current is not None and current.member.path != m.path:
-            yield current
-        current = _Stored(m, m.length if m.kind == "file" else 0)
-    if current is not None:
-        yield current
-
-
-def _same(entry: Entry, m: ev.Member) -> bool:
+def _same(entry: Entry, k: ManifestEntry, ignore_inode: bool, ignore_ctime: bool) -> bool:
+    """The walked entry is the one `k` describes (restic's rule: kind, size,
+    mtime, ctime, inode, mode, owner, and a symlink's target; a known ctime
+    or inode of 0 is an old log's, not compared)."""
     st = entry.st
     if st is None:
         return False
     if entry.kind == "file":
-        if m.kind not in ("file", "hardlink") or m.size != st.st_size:
+        if k.kind not in ("file", "hardlink") or k.size != st.st_size:
             return False
-    elif entry.kind != m.kind:
+    elif entry.kind != k.kind:
         return False
-    if entry.kind == "symlink" and entry.target != m.target:
+    if entry.kind == "symlink" and entry.target != k.target:
+        return False
+    if not ignore_ctime and k.ctime_ns and k.ctime_ns != st.st_ctime_ns:
+        return False
+    if not ignore_inode and k.ino and k.ino != st.st_ino:
         return False
     return (
-        m.mtime_ns == st.st_mtime_ns
-        and m.mode == stat.S_IMODE(st.st_mode)
-        and m.uid == st.st_uid
-        and m.gid == st.st_gid
+        k.mtime_ns == st.st_mtime_ns
+        and k.mode == stat.S_IMODE(st.st_mode)
+        and k.uid == st.st_uid
+        and k.gid == st.st_gid
     )
 
 
-def resume_filter(
-    entries: Iterable[Entry], stored: Iterable[ev.Member], cursor: bytes | None
-) -> Iterator[Entry]:
-    """The entries still to store when a session resumes.
+def _covered(k: ManifestEntry) -> int:
+    done = 0
+    for loc in k.where:
+        if loc.offset == done:
+            done += loc.length
+    return done
 
-    `stored` are the members of the session's non-discarded archives, in
-    walk order; `cursor` is the path of the last of them. Entries up to the
-    cursor are compared with what was stored (a merge of two sorted
-    streams, no index in memory): unchanged ones are dropped, changed or new
-    ones (and members of discarded archives) are stored again, and stored
-    paths that are gone come out as kind "deleted". A split file cut at the
-    cursor continues from its first missing byte if it did not change.
+
+def changes(
+    entries: Iterable[Entry],
+    known: Iterable[ManifestEntry],
+    cursor: bytes | None = None,
+    ignore_inode: bool = False,
+    ignore_ctime: bool = False,
+) -> Iterator[Entry]:
+    """The walked entries still to store, and kind "deleted" for known paths
+    that are gone: a merge of two streams in walk order, no index in memory.
+
+    `known` is what the session's point in time holds already
+    (catalog/build.py): the base session's entries with the session's own
+    copies laid over them. An entry that is known and unchanged is dropped:
+    neither read nor stored again. A changed or new one is stored; a split
+    file stored in part (an interrupted session) continues from its first
+    missing byte. A known path that is not walked, or is walked as a special
+    file, comes out "deleted". `cursor` (the last path the session stored)
+    marks entries before it that are stored now as changed during the
+    session (`Entry.reason`). A hard link is unchanged only if the path it
+    links to was unchanged too (`(dev, ino)` of the unchanged multi-link
+    files are kept; memory grows only with those).
     """
-    if cursor is None:
+    ckey = key(cursor) if cursor is not None else None
+    pending = iter(known)
+    nxt = next(pending, None)
+    if nxt is None:
         yield from entries
         return
-    ckey = key(cursor)
-    pending = _merge_stored(stored)
-    nxt = next(pending, None)
+    links: dict[tuple[int, int], bytes] = {}
     for entry in entries:
         ekey = key(entry.path)
-        if ekey > ckey:
-            while nxt is not None:  # stored but not walked: deleted
-                yield Entry(nxt.member.path, "deleted")
-                nxt = next(pending, None)
-            yield entry
-            continue
-        while nxt is not None and key(nxt.member.path) < ekey:
-            yield Entry(nxt.member.path, "deleted")
+        while nxt is not None and key(nxt.path) < ekey:
+            yield Entry(nxt.path, "deleted")
             nxt = next(pending, None)
-        if nxt is None or nxt.member.path != entry.path:
-            if entry.kind in ("file", "dir", "symlink"):
+        before = ckey is not None and ekey <= ckey
+        if nxt is None or nxt.path != entry.path:
+            if before and entry.kind in ("file", "dir", "symlink"):
                 entry.reason = "added before the resume point (new, or its archive was lost)"
             yield entry
             continue
         done, nxt = nxt, next(pending, None)
         if entry.kind in ("special", "error"):
+            if entry.kind == "special":
+                yield Entry(done.path, "deleted")
             yield entry
-        elif not _same(entry, done.member):
-            entry.reason = "changed since it was stored"
+            continue
+        st = entry.st
+        same = _same(entry, done, ignore_inode, ignore_ctime)
+        if same and done.kind == "hardlink":
+            same = st is not None and links.get((st.st_dev, st.st_ino)) == done.target
+        if not same:
+            if before:
+                entry.reason = "changed since it was stored"
             yield entry
-        elif not done.complete:
-            entry.start = done.covered  # continue a split file
+        elif done.kind == "file" and _covered(done) < done.size:
+            entry.start = _covered(done)  # continue a split file
             yield entry
+        elif st is not None and entry.kind == "file" and st.st_nlink > 1:
+            links.setdefault((st.st_dev, st.st_ino), entry.path)
     while nxt is not None:
-        yield Entry(nxt.member.path, "deleted")
+        yield Entry(nxt.path, "deleted")
         nxt = next(pending, None)

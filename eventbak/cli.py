@@ -41,6 +41,7 @@ from eventbak.keys import (
     passphrase_identities,
     passphrase_recipient,
     recipients_for,
+    recover_passphrase_keys,
     store_passphrase_keys,
     write_identity,
 )
@@ -583,6 +584,52 @@ def restore(
 
 
 # -- inspect / status / replay ----------------------------------------------
+
+
+@main.command()
+@click.option(
+    "--vault",
+    required=True,
+    help="The vault to recover from (URL, with its options as for backup).",
+)
+@click.option(
+    "--identity",
+    "-i",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="age identity file, if the vault's catalogs are encrypted; default: "
+    "[encryption] identity_file (or its passphrase_command).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
+@click.pass_obj
+def recover(c: Ctx, vault: str, identity: Path | None, as_json: bool) -> None:
+    """Rebuild the state dir from a vault alone (after losing this machine):
+    sessions, archives and manifests, read from the vault's catalog objects
+    (a hot class: nothing is thawed). Then `restore` works as before."""
+    from eventbak.recover import recover as do_recover
+
+    check_vault_url(vault)
+    identities, warning = identities_for(c.config.encryption, identity)
+    if warning:
+        click.echo(f"eventbak: warning: {warning}", err=True)
+    v = open_vault(vault)
+    try:
+        command = c.config.encryption.passphrase_command
+        if identities is None and command:
+            identities = recover_passphrase_keys(c.state_dir, command, v)
+        report = do_recover(c.state_dir, v, identities)
+    finally:
+        v.close()
+    for w in report.warnings:
+        click.echo(f"eventbak: warning: {w}", err=True)
+    if as_json:
+        click.echo(json.dumps(report.__dict__, indent=2))
+        return
+    latest = report.sessions[-1]
+    click.echo(
+        f"recovered {len(report.sessions)} sessions, {report.archives} archives, "
+        f"{report.entries} entries from {report.vault} into {c.state_dir}; "
+        f"latest session {latest}"
+    )
 
 
 def _read_state(c: Ctx) -> tuple[State, Any]:

@@ -210,14 +210,49 @@ def passphrase_identities(
             wrapped[r] = data
     if not wrapped:
         return None
+    keys = _open_keys({key_name(r): data for r, data in wrapped.items()}, command)
+    return Identities(state_dir / KEYS, keys)
+
+
+def _open_keys(wrapped: dict[str, bytes], command: str) -> list[pyrage.x25519.Identity]:
+    """Passphrase keys (name -> the scrypt-wrapped identity) opened with the
+    passphrase `command` prints (asked once)."""
     passphrase = passphrase_from(command)
     keys = []
-    for r, data in wrapped.items():
+    for name, data in wrapped.items():
         try:
             text = pyrage.passphrase.decrypt(data, passphrase).decode()
             keys.append(pyrage.x25519.Identity.from_str(text.strip().splitlines()[-1]))
         except (pyrage.DecryptError, pyrage.IdentityError, UnicodeDecodeError, IndexError):
             raise KeyProblem(
-                f"the passphrase does not open the key {key_name(r)} (wrong passphrase?)"
+                f"the passphrase does not open the key {name} (wrong passphrase?)"
             ) from None
+    return keys
+
+
+class _Listing(_Store, Protocol):
+    def list_small(self, prefix: str) -> list[str]: ...
+
+
+def recover_passphrase_keys(state_dir: Path, command: str, vault: _Listing) -> Identities | None:
+    """The vault's passphrase keys (`keys/age1....age`), opened with the
+    passphrase and kept in the state directory as they were (`eventbak
+    recover`: later backups go on encrypting to the same key); None if the
+    vault holds none."""
+    names = [k for k in vault.list_small(f"{KEYS}/") if k.endswith(".age")]
+    wrapped = {k: vault.get_small(k) for k in names}
+    found = {k: d for k, d in wrapped.items() if d is not None}
+    if not found:
+        return None
+    keys = _open_keys(found, command)
+    private_dir(state_dir / KEYS)
+    for k, data in found.items():
+        path = state_dir / k
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    fsync_dir(state_dir / KEYS)
     return Identities(state_dir / KEYS, keys)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import fcntl
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from eventbak.core import events as ev
@@ -38,14 +39,20 @@ def read_state(root: Path, until: int | None = None) -> tuple[State, LogImage]:
     return state, image
 
 
-def members(root: Path, archive: ArchiveState) -> list[ev.Member]:
-    """The member list of a sealed archive, read from its log record."""
+def members(root: Path, archive: ArchiveState) -> Iterator[ev.Member]:
+    """The member list of a sealed archive, read from its log records (the
+    pieces listed while it was built, then its seal) one record at a time."""
     if archive.offset < 0:
         raise ValueError(f"archive {archive.id} has no sealed record in the log")
-    event = read_event_at(log_path(root), archive.offset)
-    if not isinstance(event, ev.ArchiveSealed) or event.archive != archive.id:
-        raise LogCorrupt(str(log_path(root)), archive.offset, f"not the seal of {archive.id}")
-    return event.members
+    path = log_path(root)
+    for offset in [*archive.listed, archive.offset]:
+        event = read_event_at(path, offset)
+        if (
+            not isinstance(event, ev.ArchiveSealed | ev.MembersListed)
+            or event.archive != archive.id
+        ):
+            raise LogCorrupt(str(path), offset, f"not a member list of {archive.id}")
+        yield from event.members
 
 
 class StateDir:
@@ -90,7 +97,7 @@ class StateDir:
         apply(self.state, event, self.log.next_offset)
         self.log.append(event)
 
-    def members(self, archive: ArchiveState) -> list[ev.Member]:
+    def members(self, archive: ArchiveState) -> Iterator[ev.Member]:
         """Members of a sealed archive (committing first if its seal is buffered)."""
         if self.log.pending:
             self.commit()

@@ -59,8 +59,15 @@ def opened(session: str, at: float = T0, dataset: str = "home") -> ev.SessionOpe
     )
 
 
-def sealed(archive: str, members: list[ev.Member], at: float = T0) -> ev.ArchiveSealed:
-    raw = sum(m.length for m in members) + 512 * (len(members) + 2)
+def sealed(
+    archive: str, members: list[ev.Member], at: float = T0, listed: list[ev.Member] | None = None
+) -> ev.ArchiveSealed:
+    """The seal of `archive` holding `listed` (out in MembersListed before) and `members`."""
+    summary = ev.Summary()
+    for m in listed or []:
+        summary.add(m)
+    everything = [*(listed or []), *members]
+    raw = sum(m.length for m in everything) + 512 * (len(everything) + 2)
     return ev.ArchiveSealed.of(
         at=at,
         archive=archive,
@@ -70,6 +77,7 @@ def sealed(archive: str, members: list[ev.Member], at: float = T0) -> ev.Archive
         sha256="ab" * 32,
         compression="auto",
         members=members,
+        listed=summary,
     )
 
 
@@ -151,7 +159,9 @@ def sample_events() -> list[ev.Event]:
     add(ev.ArchiveStarted(at=t + 12, session=s1, archive="a3", index=2))
     add(ev.ArchiveStarted(at=t + 12, session=s1, archive="a4", index=3))
     add(ev.ArchiveDiscarded(at=t + 13, archive="a4", reason="partial at a crash"))
-    a3 = sealed("a3", A3_MEMBERS, t + 13)
+    # a3's list in two records: a piece listed while it was built, the rest in its seal
+    add(ev.MembersListed(at=t + 12.5, archive="a3", members=A3_MEMBERS[:1]))
+    a3 = sealed("a3", A3_MEMBERS[1:], t + 13, listed=A3_MEMBERS[:1])
     add(a3)
     add(upload_started("a3", t + 14))
     add(part_uploaded("a3", 1, t + 14))

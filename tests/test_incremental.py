@@ -15,6 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from eventbak.core import events as ev
+from eventbak.pipeline.scanner import key as walk_key
 from eventbak.statedir import read_state
 from tests import crashutil as cu
 from tests.treeutil import backup, check_manifest_is_the_tree, describe, restore_all
@@ -97,8 +98,13 @@ def _entries(src: Path) -> tuple[list[str], list[str], list[str]]:
 def _apply(src: Path, op: str, data: st.DataObject, clock: _Clock) -> None:
     files, links, dirs = _entries(src)
     free = [n for n in _FREE if not os.path.lexists(src / n) and (src / n).parent.is_dir()]
-    pick = lambda names: data.draw(st.sampled_from(names))  # noqa: E731
-    content = lambda: data.draw(st.binary(min_size=1, max_size=3000))  # noqa: E731
+
+    def pick(names: list[str]) -> str:
+        return data.draw(st.sampled_from(names))
+
+    def content() -> bytes:
+        return data.draw(st.binary(min_size=1, max_size=3000))
+
     needs = {"add": [free], "symlink": [free], "to_file": [dirs], "unlink_symlink": [links],
              "rename": [files, free], "hardlink": [files, free]}  # fmt: skip
     feasible = [o for o in (op, "add", "touch", "to_file") if all(needs.get(o, [files]))]
@@ -128,7 +134,7 @@ def _apply(src: Path, op: str, data: st.DataObject, clock: _Clock) -> None:
         elif op == "rename":
             os.rename(f, src / pick(free))
         elif op == "chmod":
-            f.chmod(pick([0o600, 0o640, 0o755]))
+            f.chmod(data.draw(st.sampled_from([0o600, 0o640, 0o755])))
         elif op == "to_dir":
             f.unlink()
             f.mkdir()
@@ -229,7 +235,7 @@ def test_deleted_files_are_gone_from_the_next_point_in_time_but_not_from_the_ear
 def _copy_in_place(src: Path) -> None:
     """Every file replaced by a copy of itself: same path, size, mode and
     mtime; a new inode and ctime. Directory mtimes are put back too."""
-    dirs = {}
+    dirs: dict[Path, int] = {}
     for d in [src, *(p for p in src.rglob("*") if p.is_dir())]:
         dirs[d] = d.stat().st_mtime_ns
     for f in [p for p in src.rglob("*") if p.is_file() and not p.is_symlink()]:
@@ -326,11 +332,7 @@ def test_sigkill_during_an_incremental_session_resumes_and_restores_identically(
     check_manifest_is_the_tree(state, second.id, [src])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: ManifestError is not an EventbakError; the scanner thread's error "
-    "escapes Session.run as an exception group traceback and the session stays 'running'",
-)
+@pytest.mark.slow
 def test_a_damaged_local_manifest_is_a_clear_error(tmp_path: Path) -> None:
     src, state, vault = tmp_path / "src", tmp_path / "state", tmp_path / "vault"
     cu.make_tree(src, files=40)
@@ -348,3 +350,50 @@ def test_a_damaged_local_manifest_is_a_clear_error(tmp_path: Path) -> None:
     assert "Traceback" not in again.stderr, again.stderr
     lines = again.stderr.strip().splitlines()
     assert len(lines) == 1 and str(manifest) in lines[0], again.stderr
+    assert "--full" in lines[0]  # and what to do about it
+    st_, _ = read_state(state)
+    assert list(st_.sessions) == [first]  # no session builds on the damaged manifest
+    full = cu.run(state, vault, src, "--full")
+    assert full.returncode == 0 and " completed: " in full.stdout, full.stderr
+    assert _restored(state, tmp_path / "back", src) == describe(src)
+
+
+# -- hard links -------------------------------------------------------------------
+
+
+def test_a_new_hard_link_to_an_unchanged_file_is_restored_as_a_link(tmp_path: Path) -> None:
+    """With --ignore-ctime the existing name is unchanged (its ctime moved
+    only), so it is not stored again: the new name must still be a link."""
+    src, state, vault = tmp_path / "src", tmp_path / "state", tmp_path / "vault"
+    src.mkdir()
+    (src / "a").write_bytes(b"data")
+    backup(state, vault, [src], ignore_ctime=True)
+    os.link(src / "a", src / "z")
+    second = backup(state, vault, [src], ignore_ctime=True)
+    assert second.session.files == 1
+    assert _restored(state, tmp_path / "back", src) == describe(src)
+
+
+@pytest.mark.slow
+def test_a_hard_link_whose_first_name_was_stored_before_a_kill_stays_a_link(
+    tmp_path: Path,
+) -> None:
+    src, state, vault = tmp_path / "src", tmp_path / "state", tmp_path / "vault"
+    cu.make_tree(src, files=200)
+    first_name = src / "dir0" / "sub0" / "f0000.txt"
+    os.link(first_name, src / "zzz-link.txt")  # the last file of the walk
+    proc = cu.start(state, vault, src)
+
+    def past_the_first_name(events: list[ev.Event]) -> bool:
+        return any(
+            isinstance(e, ev.ArchiveSealed) and e.last is not None
+            and walk_key(e.last.path) > walk_key(os.fsencode(first_name))
+            for e in events
+        )  # fmt: skip
+
+    assert cu.wait_until(state, proc, past_the_first_name)
+    assert proc.poll() is None, "the session finished before the kill"
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=60)
+    assert cu.run_until_completed(state, vault, src) == 1
+    assert _restored(state, tmp_path / "back", src) == describe(src)

@@ -442,6 +442,7 @@ def _no_offsets(state: State) -> State:
     """The state as folded from events that were never in a log file."""
     for a in state.archives.values():
         a.offset = -1
+        a.listed = [-1] * len(a.listed)
     return state
 
 

@@ -80,12 +80,48 @@ class ManifestEntry(msgspec.Struct, array_like=True, frozen=True, gc=False):
     where: list[Location] = []
 
 
+class ArchiveRecord(msgspec.Struct, frozen=True):
+    """An archive of the session as the vault holds it: enough to fetch and
+    verify it without the event log (`eventbak recover`)."""
+
+    id: str
+    key: str  # where in the vault (Glacier: the archive id)
+    size: int
+    sha256: str  # of the object as stored (hex)
+    layers: list[str]
+    raw_size: int = 0
+    checksum: str = ""  # what the vault confirmed, in its form
+    storage_class: str = ""
+    index: int = 0
+    count: int = 0  # its members (entries and segments)
+    files: int = 0  # files stored from their first byte, and hard links
+    bytes: int = 0  # bytes of file data
+
+
 class Header(msgspec.Struct, frozen=True, forbid_unknown_fields=False):
+    """What the session was: with `archives`, everything `eventbak recover`
+    needs besides the entries. Fields after `created` came with format 1's
+    second revision; a reader of the first ignores them."""
+
     format: int
     session: str
     dataset: str
     paths: list[bytes]
     created: float = 0.0
+    base: str = ""  # the session it stored the changes since
+    opened: float = 0.0
+    vault: str = ""  # the vault's identity
+    archive_size: int = 0
+    compression: str = ""
+    exclude: list[str] = []
+    recipients: list[str] = []
+    always_compress: list[str] = []
+    never_compress: list[str] = []
+    ignore_inode: bool = False
+    ignore_ctime: bool = False
+    #: the session's archives in the vault (the entries may also name older
+    #: sessions' archives: those are listed in their own manifests)
+    archives: list[ArchiveRecord] = []
 
 
 class Trailer(msgspec.Struct, frozen=True):

@@ -22,18 +22,21 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from eventbak.catalog.manifest import (
+    FORMAT_VERSION,
+    ArchiveRecord,
+    Header,
     ManifestEntry,
     ManifestError,
     ManifestReader,
     ManifestWriter,
-    header_for,
 )
-from eventbak.core.state import SessionState
+from eventbak.core.state import ArchiveState, SessionState
 from eventbak.fsutil import fsync_dir, private_dir
 
 CATALOG_DIR = "catalog"
@@ -107,12 +110,35 @@ class Written:
     bytes: int
 
 
+def records(archives: Iterable[ArchiveState]) -> list[ArchiveRecord]:
+    """The uploaded ones among `archives`, as a manifest header lists them."""
+    return [
+        ArchiveRecord(
+            id=a.id,
+            key=a.key,
+            size=a.size,
+            sha256=a.sha256,
+            layers=a.layers,
+            raw_size=a.raw_size,
+            checksum=a.checksum,
+            storage_class=a.storage_class,
+            index=a.index,
+            count=a.count,
+            files=a.files,
+            bytes=a.bytes,
+        )
+        for a in archives
+        if a.state == "uploaded"
+    ]
+
+
 def write(
     root: Path,
     staging: Path,
     s: SessionState,
     entries: Iterable[ManifestEntry],
     recipients: tuple[str, ...],
+    archives: list[ArchiveRecord],
 ) -> Written:
     """Write `s`'s manifest: the state dir's copy under its final name (fsynced,
     so that a recorded `CatalogStored` always finds it) and, when encrypted,
@@ -122,7 +148,13 @@ def write(
     final = local_path(root, s.id)
     tmp = final.with_name(final.name + ".partial")
     tmp.unlink(missing_ok=True)
-    header = header_for(s.id, s.dataset, s.paths)
+    header = Header(
+        FORMAT_VERSION, s.id, s.dataset, s.paths, time.time(), base=s.base, opened=s.opened_at,
+        vault=s.vault, archive_size=s.archive_size, compression=s.compression,
+        exclude=s.exclude, recipients=s.recipients, always_compress=s.always_compress,
+        never_compress=s.never_compress, ignore_inode=s.ignore_inode,
+        ignore_ctime=s.ignore_ctime, archives=archives,
+    )  # fmt: skip
     writers = [ManifestWriter(tmp, header)]
     staged = staging / f"{s.id}.mf.partial"
     if recipients:

@@ -229,20 +229,60 @@ class ArchiveSealed(_Base, frozen=True):
     def of(
         cls, at: float, archive: str, staged: str, size: int, raw_size: int, sha256: str,
         compression: str, members: list[Member], layers: list[str] | None = None,
+        listed: Summary | None = None,
     ) -> ArchiveSealed:  # fmt: skip
-        """The event with its summary fields computed from `members`."""
-        files = data = 0
+        """The event with its summary fields computed from `members` and, if
+        part of the list went out earlier (`MembersListed`), `listed`."""
+        total = Summary() if listed is None else listed.copy()
         for m in members:
-            if m.kind == "file":
-                data += m.length
-                files += m.offset == 0
-            elif m.kind == "hardlink":
-                files += 1
+            total.add(m)
         return cls(
             at=at, archive=archive, staged=staged, size=size, raw_size=raw_size, sha256=sha256,
-            compression=compression, members=members, count=len(members), files=files,
-            bytes=data, last=members[-1] if members else None, layers=layers or [],
+            compression=compression, members=members, count=total.count, files=total.files,
+            bytes=total.bytes, last=total.last, layers=layers or [],
         )  # fmt: skip
+
+
+class Summary(msgspec.Struct):
+    """Counts over a member list (see `ArchiveSealed`)."""
+
+    count: int = 0
+    files: int = 0
+    bytes: int = 0
+    last: Member | None = None
+
+    def add(self, m: Member) -> None:
+        self.count += 1
+        if m.kind == "file":
+            self.bytes += m.length
+            self.files += m.offset == 0
+        elif m.kind == "hardlink":
+            self.files += 1
+        self.last = m
+
+    def copy(self) -> Summary:
+        return Summary(self.count, self.files, self.bytes, self.last)
+
+
+class MembersListed(_Base, frozen=True):
+    """Part of the member list of an archive still being built, in archive
+    order: the builder writes a long list out in pieces of at most
+    `MEMBERS_PER_RECORD`, and `ArchiveSealed.members` holds the rest, so no
+    record (and no list held in memory) grows with the number of files. The
+    summary fields of `ArchiveSealed` cover the whole list."""
+
+    archive: str
+    members: list[Member]
+
+
+class MembersListedHead(_Base, frozen=True, tag="MembersListed"):
+    """`MembersListed` without its members: what the fold reads."""
+
+    archive: str
+
+
+#: The most members one record holds (MembersListed, or the tail in ArchiveSealed).
+MEMBERS_PER_RECORD = 4096
 
 
 class ArchiveSealedHead(_Base, frozen=True, tag="ArchiveSealed"):
@@ -400,9 +440,9 @@ _EVERY_OTHER_EVENT = (
 )
 
 #: Every event, as written.
-Event = _EVERY_OTHER_EVENT | ArchiveSealed
-#: The union the fold reads: `ArchiveSealedHead` in place of `ArchiveSealed`.
-HeadEvent = _EVERY_OTHER_EVENT | ArchiveSealedHead
+Event = _EVERY_OTHER_EVENT | ArchiveSealed | MembersListed
+#: The union the fold reads: the heads in place of the records with members.
+HeadEvent = _EVERY_OTHER_EVENT | ArchiveSealedHead | MembersListedHead
 
 EVENT_TYPES: tuple[type[_Base], ...] = typing.get_args(Event)
 

@@ -210,11 +210,14 @@ def _decode(
 
 
 def head_of(sealed: ev.ArchiveSealed) -> ev.ArchiveSealedHead:
-    """The head of a seal record, its summary computed from its members."""
-    s = ev.ArchiveSealed.of(
-        sealed.at, sealed.archive, sealed.staged, sealed.size, sealed.raw_size,
-        sealed.sha256, sealed.compression, sealed.members,
-    )  # fmt: skip
+    """The head of a seal record, its summary computed from its members when
+    the record has none (logs before the summary fields)."""
+    s = sealed
+    if sealed.members and not sealed.count:
+        s = ev.ArchiveSealed.of(
+            sealed.at, sealed.archive, sealed.staged, sealed.size, sealed.raw_size,
+            sealed.sha256, sealed.compression, sealed.members, sealed.layers,
+        )  # fmt: skip
     fields = ev.ArchiveSealedHead.__struct_fields__
     return ev.ArchiveSealedHead(**{f: getattr(s, f) for f in fields})
 
@@ -300,6 +303,10 @@ class EventLog:
     @property
     def pending(self) -> int:
         return len(self._buffer)
+
+    @property
+    def pending_bytes(self) -> int:
+        return self._buffered
 
     def close(self) -> None:
         if self._fd >= 0:

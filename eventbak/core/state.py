@@ -196,9 +196,11 @@ class ArchiveState:
     sha256: str = ""
     compression: str = ""
     layers: list[str] = field(default_factory=list)  # over tar, in writing order
-    # the member list stays in the log (record at `offset`: statedir.members);
-    # the fold keeps its summary only, so memory does not grow with files
+    # the member list stays in the log (records at `listed` then the seal's
+    # at `offset`: statedir.members); the fold keeps its summary only, so
+    # memory does not grow with files
     offset: int = -1
+    listed: list[int] = field(default_factory=list)
     count: int = 0
     files: int = 0
     bytes: int = 0
@@ -404,6 +406,13 @@ def _sealed(state: State, e: Any, offset: int) -> None:
         s.last_member = e.last
 
 
+def _listed(state: State, e: Any, offset: int = -1) -> None:
+    a = _archive(state, e.archive, e)
+    if a.state != "building":
+        raise IllegalTransition(f"archive {a.id}", a.state, "list members", e)
+    a.listed.append(offset)
+
+
 def _discarded(state: State, e: Any, offset: int = -1) -> None:
     a = _archive(state, e.archive, e)
     _step_archive(a, "discard", e)
@@ -518,6 +527,8 @@ _HANDLERS: dict[type, Any] = {
     ev.ArchiveStarted: _started,
     ev.ArchiveSealed: _sealed,
     ev.ArchiveSealedHead: _sealed,
+    ev.MembersListed: _listed,
+    ev.MembersListedHead: _listed,
     ev.ArchiveDiscarded: _discarded,
     ev.UploadStarted: _upload_started,
     ev.PartUploaded: _part_uploaded,

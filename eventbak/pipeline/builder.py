@@ -69,7 +69,12 @@ class _Open:
     writer: ar.ArchiveWriter
     archive: str
     index: int
-    members: list[ev.Member] = field(default_factory=list)
+    members: list[ev.Member] = field(default_factory=list)  # not yet listed
+    listed: ev.Summary = field(default_factory=ev.Summary)  # out in MembersListed
+
+    @property
+    def empty(self) -> bool:
+        return not self.members and not self.listed.count
 
 
 class Packer:
@@ -95,7 +100,9 @@ class Packer:
         self.progress = Progress()
         self._open: _Open | None = None
         self._out: list[Output] = []
-        self._links: dict[tuple[int, int], bytes] = {}
+        # (dev, ino) -> the first name of a multi-link file: stored by this run,
+        # or left unchanged by the scanner (scanner.changes), which adds to it
+        self.links: dict[tuple[int, int], bytes] = {}
         self.min_segment = min(MIN_SEGMENT, limit // 8)
         # the most tar bytes of one member an empty archive holds (its global
         # header and the end of archive aside)
@@ -160,6 +167,7 @@ class Packer:
             compression=str(self.format.compression),
             members=cur.members,
             layers=self.format.layers,
+            listed=cur.listed,
         )
         self.progress.archives += 1
         self._out.append(Sealed(event, final))
@@ -236,7 +244,7 @@ class Packer:
         if cur.writer.fits(need):
             return cur
         cur.writer.tighten()
-        if cur.writer.fits(need) or not cur.members:
+        if cur.writer.fits(need) or cur.empty:
             return cur
         self._seal()
         return self._current()
@@ -256,7 +264,8 @@ class Packer:
         )
         cur = self._fit(len(header))
         cur.writer.write(header)
-        cur.members.append(
+        self._member(
+            cur,
             ev.Member(
                 entry.path,
                 kind,
@@ -297,13 +306,13 @@ class Packer:
                 self._skip(path, "vanished (no longer a regular file)")
                 return
             if st.st_nlink > 1:
-                first = self._links.get((st.st_dev, st.st_ino))
+                first = self.links.get((st.st_dev, st.st_ino))
                 if first is not None:
                     self._hardlink(path, st, first)
                     return
             self._file_data(path, fd, st, entry.start)
             if st.st_nlink > 1:
-                self._links[(st.st_dev, st.st_ino)] = path
+                self.links[(st.st_dev, st.st_ino)] = path
         finally:
             os.close(fd)
 
@@ -320,7 +329,8 @@ class Packer:
         )
         cur = self._fit(len(header))
         cur.writer.write(header)
-        cur.members.append(
+        self._member(
+            cur,
             ev.Member(
                 path,
                 "hardlink",
@@ -335,6 +345,18 @@ class Packer:
             )
         )
         self.progress.files += 1
+
+    def _member(self, cur: _Open, m: ev.Member) -> None:
+        """Add `m` to the open archive's list; a full piece of the list goes
+        out as `MembersListed` (memory and records stay bounded)."""
+        cur.members.append(m)
+        if len(cur.members) >= ev.MEMBERS_PER_RECORD:
+            for listed in cur.members:
+                cur.listed.add(listed)
+            self._out.append(
+                ev.MembersListed(at=time.time(), archive=cur.archive, members=cur.members)
+            )
+            cur.members = []
 
     def _file_data(self, path: bytes, fd: int, st: os.stat_result, start: int = 0) -> None:
         size = st.st_size
@@ -396,7 +418,7 @@ class Packer:
                 most = cur.writer.capacity()
                 length = min(size - offset, (most - len(header)) // ar.BLOCK * ar.BLOCK)
                 if length < min(self.min_segment, size - offset) or length <= 0:
-                    if not cur.members:
+                    if cur.empty:
                         raise RuntimeError(f"archive size {self.limit} too small for a segment")
                     self._seal()
                     continue
@@ -455,7 +477,8 @@ class Packer:
         length: int,
         changed: list[str],
     ) -> None:
-        cur.members.append(
+        self._member(
+            cur,
             ev.Member(
                 path,
                 "file",

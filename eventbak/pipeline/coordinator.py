@@ -50,7 +50,7 @@ import trio
 from eventbak import __version__
 from eventbak.archive.layers import ArchiveFormat
 from eventbak.archive.policy import Policy
-from eventbak.catalog import store
+from eventbak.catalog import marker, store
 from eventbak.catalog.build import KEPT, session_entries
 from eventbak.catalog.manifest import ManifestEntry, ManifestError
 from eventbak.config import Compression, parse_compression
@@ -70,6 +70,8 @@ BATCH_ENTRIES = 512
 BATCH_BYTES = 16 * 1024 * 1024
 ENTRY_BACKLOG = 4
 SEALED_BACKLOG = 1
+#: Buffered events past this size are committed at once (group commit aside).
+COMMIT_BYTES = 4 * 1024 * 1024
 DEFAULT_GRACE = 30.0
 
 
@@ -313,6 +315,7 @@ class Session:
             self._resume_cursor,
             ignore_inode=s.ignore_inode,
             ignore_ctime=s.ignore_ctime,
+            unchanged_links=self.packer.links,
         )
         batch: list[Entry] = []
         size = 0
@@ -350,6 +353,10 @@ class Session:
                 await send.send(out)
             else:
                 self.sd.record(out)
+        if self.sd.log.pending_bytes > COMMIT_BYTES:
+            # pieces of a long member list: written out so that the buffer stays small
+            # (durable early does no harm: an archive not sealed is discarded on resume)
+            self.sd.commit()
 
     async def _builder(
         self, recv: trio.MemoryReceiveChannel[list[Entry]], send: trio.MemorySendChannel[Sealed]
@@ -503,7 +510,8 @@ class Session:
 
         def write() -> tuple[store.Written, bytes]:
             entries = session_entries(sd.state, sd.root, self.id, self._open_base)
-            w = store.write(sd.root, sd.staging, s, entries, recipients)
+            archives = store.records(sd.state.archives_of(self.id))
+            w = store.write(sd.root, sd.staging, s, entries, recipients, archives)
             return w, w.staged.read_bytes()
 
         w, data = await trio.to_thread.run_sync(write)
@@ -721,6 +729,7 @@ async def _run_backup(
     stopper: Stopper,
 ) -> Outcome:
     await trio.to_thread.run_sync(vault.prepare)
+    await trio.to_thread.run_sync(marker.ensure, vault)
     session: Session | None = None
     try:
         previous = find_unfinished(sd, req)

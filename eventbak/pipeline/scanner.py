@@ -229,6 +229,7 @@ def changes(
     cursor: bytes | None = None,
     ignore_inode: bool = False,
     ignore_ctime: bool = False,
+    unchanged_links: dict[tuple[int, int], bytes] | None = None,
 ) -> Iterator[Entry]:
     """The walked entries still to store, and kind "deleted" for known paths
     that are gone: a merge of two streams in walk order, no index in memory.
@@ -243,7 +244,9 @@ def changes(
     marks entries before it that are stored now as changed during the
     session (`Entry.reason`). A hard link is unchanged only if the path it
     links to was unchanged too (`(dev, ino)` of the unchanged multi-link
-    files are kept; memory grows only with those).
+    files are kept; memory grows only with those); they also go into
+    `unchanged_links`, the builder's map of first names, so that a later
+    name of the same file is stored as a link to the one not stored again.
     """
     ckey = key(cursor) if cursor is not None else None
     pending = iter(known)
@@ -282,6 +285,8 @@ def changes(
             yield entry
         elif st is not None and entry.kind == "file" and st.st_nlink > 1:
             links.setdefault((st.st_dev, st.st_ino), entry.path)
+            if unchanged_links is not None:  # later names are stored as links to it
+                unchanged_links.setdefault((st.st_dev, st.st_ino), entry.path)
     while nxt is not None:
         yield Entry(nxt.path, "deleted")
         nxt = next(pending, None)

@@ -160,6 +160,11 @@ class Vault(Protocol):
     def get_small(self, key: str) -> bytes | None:
         """A small object's bytes, or None if absent."""
 
+    def list_small(self, prefix: str) -> list[str]:
+        """The keys of the small objects under `prefix` (`catalog/`), sorted.
+        A vault that cannot list without an inventory job (Glacier) raises
+        VaultError saying so."""
+
     def request_thaw(self, key: str, tier: Tier, days: int) -> None:
         """Ask for a readable copy of a frozen object (idempotent: asking
         while a thaw runs is not an error). A no-op where nothing freezes."""

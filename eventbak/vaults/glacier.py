@@ -517,6 +517,12 @@ class GlacierVault:
         archive id is not derivable from `key`; use the retrieval steps."""
         return None
 
+    def list_small(self, prefix: str) -> list[str]:
+        raise VaultError(
+            f"vault {self.ref}: a Glacier vault lists its archives only through an "
+            "inventory job (`eventbak inspect --from-vault`)"
+        )
+
     def request_thaw(self, key: str, tier: Tier, days: int) -> None:
         raise VaultError(
             f"vault {self.ref}: a Glacier archive is thawed by a retrieval job "

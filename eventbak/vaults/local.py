@@ -193,6 +193,17 @@ class LocalVault:
         except OSError as exc:
             raise self._fail(f"cannot read {key}", exc) from None
 
+    def list_small(self, prefix: str) -> list[str]:
+        where = self._path(prefix.rstrip("/"))
+        try:
+            names = sorted(p.name for p in where.iterdir() if p.is_file())
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            raise self._fail(f"cannot list {prefix}", exc) from None
+        # a put still under its temporary name is not an object yet
+        return [prefix + n for n in names if not (n.startswith(".") and _TMP_MARK in n)]
+
     def request_thaw(self, key: str, tier: Tier, days: int) -> None:
         return None  # nothing freezes on a disk
 

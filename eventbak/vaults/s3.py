@@ -610,6 +610,22 @@ class S3Vault:
         with io.BufferedReader(_Body(self, key, answer["Body"])) as body:
             return body.read()
 
+    def list_small(self, prefix: str) -> list[str]:
+        under = self._prefix + prefix
+        keys: list[str] = []
+        token: dict[str, str] = {}
+        while True:
+            answer = self._call("ListObjectsV2", prefix, Prefix=under, **token)
+            for obj in answer.get("Contents", []):
+                name = str(obj.get("Key", ""))
+                if name.startswith(under):
+                    keys.append(name[len(self._prefix) :])
+            nxt = answer.get("NextContinuationToken")
+            if not answer.get("IsTruncated") or not nxt:
+                break
+            token = {"ContinuationToken": str(nxt)}
+        return sorted(keys)
+
     def request_thaw(self, key: str, tier: Tier, days: int) -> None:
         if tier == "Expedited":
             held = self.head(key)

@@ -1,0 +1,218 @@
+"""Disaster recovery: a state dir rebuilt from a vault alone.
+
+After the machine (and its state dir) is lost, the vault still holds, for
+every completed session, its manifest (`catalog/<session>.mf.zst[.age]`):
+every entry of the point in time and where its bytes are, and in its header
+what the session was and its archives (key, size, SHA-256, layers, the
+checksum the vault confirmed). `recover` reads those, in a hot class only
+(no thaw: S3 stores catalog objects as STANDARD whatever the archives'
+class), and writes a new event log that tells the same story as the lost
+one in short: each session opened, its archives sealed and uploaded, its
+catalog stored, completed. Each manifest is copied into the state dir
+(catalog/store.py), so `restore` works as before, from the vault.
+
+A catalog read from a vault is untrusted input. The manifest reader refuses
+paths that are not absolute, hold `..` or empty components, or come out of
+walk order; here, every archive an entry names must be one that a catalog
+of the vault lists, and keys must be where eventbak puts archives. Restore
+then checks every destination again (no write through a symlink, nothing
+outside the target).
+
+What the rebuilt log cannot tell: member lists per archive (`inspect
+--members` shows none; restore does not need them), skipped and changed
+entries, interruptions. Sessions that never completed left no catalog and
+are not recovered; their archives stay in the vault, unreferenced.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from eventbak.archive.age import Identities
+from eventbak.catalog import marker, store
+from eventbak.catalog.manifest import ManifestEntry, ManifestError, ManifestReader
+from eventbak.core import events as ev
+from eventbak.errors import EventbakError, KeyProblem, UsageError
+from eventbak.statedir import StateDir, log_path
+from eventbak.vaults import Vault
+
+CATALOG = "catalog/"
+_SESSION = r"[0-9]{8}T[0-9]{6}Z-[0-9a-f]{4,32}"
+_NAME = re.compile(rf"^catalog/(?P<session>{_SESSION})\.mf(?P<suffix>(\.zst)?(\.age)?)$")
+_ARCHIVE_ID = re.compile(rf"^{_SESSION}-[0-9]{{6}}$")
+_SUFFIX_LAYERS = {"": [], ".zst": ["zstd"], ".age": ["age"], ".zst.age": ["zstd", "age"]}
+
+
+@dataclass
+class Recovered:
+    vault: str
+    vault_id: str
+    sessions: list[str] = field(default_factory=list)
+    archives: int = 0
+    entries: int = 0
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class _Catalog:
+    session: str
+    key: str
+    layers: list[str]
+
+
+def catalogs(vault: Vault) -> tuple[list[_Catalog], list[str]]:
+    """The vault's catalog objects, oldest session first, and warnings for
+    objects under catalog/ that are not eventbak's."""
+    found: list[_Catalog] = []
+    warnings: list[str] = []
+    for key in vault.list_small(CATALOG):
+        m = _NAME.match(key)
+        if m is None:
+            warnings.append(f"left alone: {key} (not a catalog name of eventbak's)")
+            continue
+        found.append(_Catalog(m["session"], key, _SUFFIX_LAYERS[m["suffix"]]))
+    found.sort(key=lambda c: c.session)  # ids begin with the UTC time they were opened
+    return found, warnings
+
+
+def recover(
+    root: Path,
+    vault: Vault,
+    identities: Identities | None,
+    say: Callable[[str], None] = lambda line: None,
+) -> Recovered:
+    """Rebuild the state dir `root` (with no event log yet) from `vault`."""
+    if log_path(root).exists() and log_path(root).stat().st_size > 8:
+        raise UsageError(
+            f"state dir {root} already holds an event log: recover into an empty state dir"
+        )
+    vault.prepare()
+    mark = marker.read(vault)
+    found, warnings = catalogs(vault)
+    if not found:
+        raise EventbakError(
+            f"vault {vault.ref} holds no catalog: nothing to recover (only completed sessions "
+            "store one, since eventbak 0.3)"
+        )
+    encrypted = [c for c in found if "age" in c.layers]
+    if encrypted and identities is None:
+        raise KeyProblem(
+            f"{len(encrypted)} catalog{'s' if len(encrypted) > 1 else ''} in vault {vault.ref} "
+            f"{'are' if len(encrypted) > 1 else 'is'} encrypted (first: {encrypted[0].key}): "
+            "give --identity FILE or set identity_file in [encryption]"
+        )
+    out = Recovered(vault.ref, mark.vault_id if mark else "", warnings=warnings)
+    if mark is None:
+        out.warnings.append(
+            f"vault {vault.ref} has no {marker.MARKER} (written by backups since 0.3)"
+        )
+    sd = StateDir.open(root)
+    try:
+        known: dict[str, str] = {}  # archive id -> its session
+        for c in found:
+            _recover_one(sd, vault, c, identities, known, out)
+            say(f"session {c.session}: {out.entries} entries so far")
+    finally:
+        sd.close()
+    return out
+
+
+def _recover_one(
+    sd: StateDir,
+    vault: Vault,
+    c: _Catalog,
+    identities: Identities | None,
+    known: dict[str, str],
+    out: Recovered,
+) -> None:
+    data = vault.get_small(c.key)
+    if data is None:
+        raise EventbakError(f"vault {vault.ref}: {c.key} was listed but cannot be read")
+    sha = hashlib.sha256(data).hexdigest()
+    name = f"catalog {c.key} in vault {vault.ref}"
+    try:
+        reader = ManifestReader(io.BytesIO(data), c.layers, identities, name=name)
+    except ManifestError as exc:
+        if "age" in c.layers and identities is not None:
+            raise KeyProblem(
+                f"{name} cannot be decrypted with identity file {identities.path} ({exc})"
+            ) from None
+        raise
+    h = reader.header
+    if h.session != c.session:
+        raise ManifestError(f"{name} says it is of session {h.session}")
+    ours = {}
+    for rec in h.archives:
+        if not _ARCHIVE_ID.match(rec.id) or rec.id in known or rec.id in ours:
+            raise ManifestError(f"{name} lists a bad or repeated archive id {rec.id!r}")
+        if not (rec.key.startswith(f"archives/{c.session}/") or vault.ref.startswith("glacier:")):
+            raise ManifestError(f"{name} puts archive {rec.id} at an unexpected key {rec.key!r}")
+        ours[rec.id] = rec
+    seen = {**known, **dict.fromkeys(ours, c.session)}
+    s_entries = _checked(reader, seen, name)
+    base = h.base if h.base in out.sessions else ""  # a base the vault lost: a full one
+    at = h.opened or h.created
+    sd.record(
+        ev.SessionOpened(
+            at=at, session=c.session, dataset=h.dataset, vault=vault.ref, paths=h.paths,
+            archive_size=h.archive_size, compression=h.compression or "auto",
+            exclude=h.exclude, vault_url=vault.url, recipients=h.recipients,
+            always_compress=h.always_compress, never_compress=h.never_compress, base=base,
+            ignore_inode=h.ignore_inode, ignore_ctime=h.ignore_ctime,
+        )
+    )  # fmt: skip
+    for rec in sorted(ours.values(), key=lambda r: r.index):
+        sd.record(ev.ArchiveStarted(at=at, session=c.session, archive=rec.id, index=rec.index))
+        sd.record(
+            ev.ArchiveSealed(
+                at=at, archive=rec.id, staged="", size=rec.size, raw_size=rec.raw_size,
+                sha256=rec.sha256, compression=h.compression or "auto", members=[],
+                count=rec.count, files=rec.files, bytes=rec.bytes, layers=rec.layers,
+            )
+        )  # fmt: skip
+        sd.record(ev.UploadStarted(at=at, archive=rec.id, vault=vault.ref, key=rec.key))
+        sd.record(
+            ev.ArchiveUploaded(
+                at=at, archive=rec.id, vault=vault.ref, key=rec.key, size=rec.size,
+                sha256=rec.sha256, checksum=rec.checksum, storage_class=rec.storage_class,
+            )
+        )  # fmt: skip
+    s = sd.state.sessions[c.session]
+    w = store.write(sd.root, sd.staging, s, s_entries, (), list(ours.values()))
+    sd.record(
+        ev.CatalogStored(
+            at=h.created or at, session=c.session, key=c.key, size=len(data), sha256=sha,
+            entries=w.entries, layers=c.layers, files=w.files, bytes=w.bytes,
+            local_sha256=w.local_sha256,
+        )
+    )  # fmt: skip
+    sd.record(
+        ev.SessionCompleted(
+            at=h.created or at, session=c.session, files=s.files, bytes=s.bytes,
+            archives=len(ours), skipped=0, changed=0,
+        )
+    )  # fmt: skip
+    sd.commit()
+    known.update(dict.fromkeys(ours, c.session))
+    out.sessions.append(c.session)
+    out.archives += len(ours)
+    out.entries += w.entries
+
+
+def _checked(
+    reader: ManifestReader, archives: dict[str, str], name: str
+) -> Iterator[ManifestEntry]:
+    """The entries, each naming only archives some catalog of the vault lists."""
+    for e in reader:
+        for loc in e.where:
+            if loc.archive not in archives:
+                raise ManifestError(
+                    f"{name}: {ev.show_path(e.path)} is in archive {loc.archive}, which no "
+                    "catalog of the vault lists"
+                )
+        yield e

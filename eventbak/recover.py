@@ -27,11 +27,11 @@ are not recovered; their archives stay in the vault, unreferenced.
 from __future__ import annotations
 
 import hashlib
-import io
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 from eventbak.archive.age import Identities
 from eventbak.catalog import marker, store
@@ -91,7 +91,8 @@ def recover(
         raise UsageError(
             f"state dir {root} already holds an event log: recover into an empty state dir"
         )
-    vault.prepare()
+    # read only: no prepare (it would create a local vault's directories, or
+    # a Glacier vault); a vault that is not there lists no catalog
     mark = marker.read(vault)
     found, warnings = catalogs(vault)
     if not found:
@@ -112,40 +113,113 @@ def recover(
             f"vault {vault.ref} has no {marker.MARKER} (written by backups since 0.3)"
         )
     sd = StateDir.open(root)
+    fetched: list[_Fetched] = []
     try:
-        known: dict[str, str] = {}  # archive id -> its session
         for c in found:
-            _recover_one(sd, vault, c, identities, known, out)
-            say(f"session {c.session}: {out.entries} entries so far")
+            fetched.append(_fetch(sd.staging, vault, c, identities))
+        known: dict[str, str] = {}  # archive id -> its session
+        try:
+            for f in _in_order(fetched):
+                _recover_one(sd, vault, f, identities, known, out)
+                say(f"session {f.catalog.session}: {out.entries} entries so far")
+        except BaseException:
+            # all or nothing: the log stays empty (its events were only
+            # buffered), and so does the state dir's catalog
+            for sid in out.sessions:
+                store.local_path(root, sid).unlink(missing_ok=True)
+            raise
+        sd.commit()
     finally:
+        for f in fetched:
+            f.path.unlink(missing_ok=True)
         sd.close()
     return out
 
 
-def _recover_one(
-    sd: StateDir,
-    vault: Vault,
-    c: _Catalog,
-    identities: Identities | None,
-    known: dict[str, str],
-    out: Recovered,
-) -> None:
-    data = vault.get_small(c.key)
-    if data is None:
-        raise EventbakError(f"vault {vault.ref}: {c.key} was listed but cannot be read")
-    sha = hashlib.sha256(data).hexdigest()
-    name = f"catalog {c.key} in vault {vault.ref}"
+@dataclass(frozen=True)
+class _Fetched:
+    catalog: _Catalog
+    path: Path  # its bytes, in staging
+    size: int
+    sha256: str
+    opened: float
+    base: str
+
+
+def _open(
+    f: _Fetched | _Catalog, source: BinaryIO, identities: Identities | None, name: str
+) -> ManifestReader:
+    c = f.catalog if isinstance(f, _Fetched) else f
     try:
-        reader = ManifestReader(io.BytesIO(data), c.layers, identities, name=name)
+        return ManifestReader(source, c.layers, identities, name=name)
     except ManifestError as exc:
         if "age" in c.layers and identities is not None:
             raise KeyProblem(
                 f"{name} cannot be decrypted with identity file {identities.path} ({exc})"
             ) from None
         raise
-    h = reader.header
+
+
+def _fetch(staging: Path, vault: Vault, c: _Catalog, identities: Identities | None) -> _Fetched:
+    """The catalog's bytes into staging (not memory: a catalog grows with its
+    files), and what orders it: when its session opened, what it builds on."""
+    data = vault.get_small(c.key)
+    if data is None:
+        raise EventbakError(f"vault {vault.ref}: {c.key} was listed but cannot be read")
+    path = staging / f"recover-{c.session}.mf"
+    path.write_bytes(data)
+    name = f"catalog {c.key} in vault {vault.ref}"
+    with open(path, "rb") as source:
+        reader = _open(c, source, identities, name)
+        h = reader.header
+        reader.close()
     if h.session != c.session:
         raise ManifestError(f"{name} says it is of session {h.session}")
+    sha = hashlib.sha256(data).hexdigest()
+    return _Fetched(c, path, len(data), sha, h.opened or h.created, h.base)
+
+
+def _in_order(fetched: list[_Fetched]) -> Iterator[_Fetched]:
+    """Oldest first (ids of one second do not sort by time), and never a
+    session before the one it builds on."""
+    pending = sorted(fetched, key=lambda f: (f.opened, f.catalog.session))
+    present = {f.catalog.session for f in fetched}
+    done: set[str] = set()
+    while pending:
+        i = next(
+            (i for i, f in enumerate(pending) if f.base in done or f.base not in present),
+            0,  # a cycle (a forged catalog): go on in time order; checks refuse it later
+        )
+        f = pending.pop(i)
+        done.add(f.catalog.session)
+        yield f
+
+
+def _recover_one(
+    sd: StateDir,
+    vault: Vault,
+    f: _Fetched,
+    identities: Identities | None,
+    known: dict[str, str],
+    out: Recovered,
+) -> None:
+    c = f.catalog
+    name = f"catalog {c.key} in vault {vault.ref}"
+    with open(f.path, "rb") as source:
+        _record_session(sd, vault, f, _open(f, source, identities, name), known, out)
+
+
+def _record_session(
+    sd: StateDir,
+    vault: Vault,
+    f: _Fetched,
+    reader: ManifestReader,
+    known: dict[str, str],
+    out: Recovered,
+) -> None:
+    c = f.catalog
+    h = reader.header
+    name = reader.name
     ours = {}
     for rec in h.archives:
         if not _ARCHIVE_ID.match(rec.id) or rec.id in known or rec.id in ours:
@@ -186,7 +260,7 @@ def _recover_one(
     w = store.write(sd.root, sd.staging, s, s_entries, (), list(ours.values()))
     sd.record(
         ev.CatalogStored(
-            at=h.created or at, session=c.session, key=c.key, size=len(data), sha256=sha,
+            at=h.created or at, session=c.session, key=c.key, size=f.size, sha256=f.sha256,
             entries=w.entries, layers=c.layers, files=w.files, bytes=w.bytes,
             local_sha256=w.local_sha256,
         )
@@ -197,7 +271,6 @@ def _recover_one(
             archives=len(ours), skipped=0, changed=0,
         )
     )  # fmt: skip
-    sd.commit()
     known.update(dict.fromkeys(ours, c.session))
     out.sessions.append(c.session)
     out.archives += len(ours)

@@ -1125,6 +1125,20 @@ class _Extractor:
             warnings.append(f"{ev.show_path(item.member.path)} is not restored: its data is not")
             return
         self.parent_ok(dest)
+        # the target too is reached through real directories only, and is a
+        # regular file restored here: a catalog cannot make a link to a file
+        # outside the target by way of a symlink it restored on the path
+        self.parent_ok(target)
+        try:
+            st = os.lstat(target)
+        except FileNotFoundError:
+            st = None
+        if st is None or not stat.S_ISREG(st.st_mode):
+            warnings.append(
+                f"{ev.show_path(item.member.path)} is not restored: the file it links to, "
+                f"{ev.show_path(item.member.target)}, is not a restored regular file"
+            )
+            return
         if self.overwrite:
             tmp = self._temp(dest)
             os.link(target, tmp, follow_symlinks=False)

@@ -738,6 +738,8 @@ def _decision(m: ev.Member) -> str:
     """How a member's data was stored: `zstd`, `stored`, or `-` (no data)."""
     if m.kind != "file":
         return "-"
+    if m.ref:
+        return f"reused: {m.ref}"  # the same content, stored before (dedup)
     return "zstd" if m.zstd else "stored"
 
 

@@ -231,7 +231,8 @@ def plan_restore(state: State, root: Path, patterns: list[bytes], session: str |
 
     def add(a: ArchiveState | None, m: ev.Member, dest_path: bytes) -> None:
         assert a is not None  # files and symlinks have their archive
-        name = ar.member_name(m.path, m.kind, m.offset if m.segmented else None).rstrip(b"/")
+        stored = m.source or m.path  # a file found by dedup is stored under another name
+        name = ar.member_name(stored, m.kind, m.offset if m.segmented else None).rstrip(b"/")
         archives[a.id] = a
         work.setdefault(a.id, {}).setdefault(name, []).append(Item(m, dest_path))
 
@@ -301,7 +302,8 @@ def _pieces(state: State, s: SessionState, e: ManifestEntry) -> _Pieces:
                 f"{loc.archive}, which the log does not know"
             )
         if a.state == "uploaded":
-            out.append((a, member(loc.offset, loc.length)))
+            m = member(loc.offset, loc.length)
+            out.append((a, msgspec.structs.replace(m, source=loc.path) if loc.path else m))
     return out
 
 
@@ -765,6 +767,8 @@ def _tar_loop(
             items = wanted.get(ti.name.encode("utf-8", "surrogateescape"))
             if not items:
                 continue
+            # one member may be wanted at several paths (dedup): its data is read once
+            files: list[Item] = []
             for item in items:
                 m = item.member
                 if m.segmented and ex.dest(item.dest) in ex.dropped:
@@ -776,14 +780,17 @@ def _tar_loop(
                             f"member {ev.show_path(m.path)} holds {ti.size} bytes, "
                             f"the catalog says {m.length}"
                         )
-                    if not m.segmented and m.length <= _SMALL:
-                        data = tf.extractfile(ti)  # of ti.size == m.length bytes
-                        ex.write_small(item, data.read() if data else b"", writers)
-                    else:
-                        ex.write_file(item, tf.extractfile(ti), writers)
+                    files.append(item)
                 elif m.kind == "symlink":
                     ex.symlink(item)
                 left -= 1
+            if files and all(not i.member.segmented and ti.size <= _SMALL for i in files):
+                data = tf.extractfile(ti)  # of ti.size bytes
+                small = data.read() if data else b""
+                for item in files:
+                    ex.write_small(item, small, writers)
+            elif files:
+                ex.write_file(files, tf.extractfile(ti), writers)
             if left == 0:
                 break
     return left
@@ -864,6 +871,16 @@ class _Staged:
     tmp: bytes
     dest: bytes
     key: bytes  # its directory: the writer thread that owns it
+
+
+@dataclass
+class _Target:
+    """A temporary file being written: where the next bytes go."""
+
+    fd: int
+    pos: int
+    key: bytes
+    member: ev.Member
 
 
 @dataclass
@@ -949,40 +966,48 @@ class _Extractor:
         self.files += 1
         self.bytes += m.length
 
-    def write_file(self, item: Item, data: IO[bytes] | None, writers: _Writers) -> None:
-        """A file read from the archive in chunks here; the writes, then the
-        metadata and the close, run in order in its directory's writer thread.
-        A segment goes into its file's one temporary file, at its offset."""
-        m = item.member
-        if m.segmented:
-            dest = self.dest(item.dest)
-            split = self.splits.get(dest)
-            if split is None:
-                self.parent_ok(dest)
-                staged = _Staged(self._temp(dest), dest, _parent(item.dest))
-                os.close(_create(staged.tmp))
-                split = self.splits[dest] = _Split(staged, m)
-            fd = os.open(split.staged.tmp, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-            pos, key = m.offset, split.staged.key
-            if m.offset + m.length >= m.size:
-                split.member, split.complete = m, True
-        else:
-            s = self._stage(item)
-            fd, pos, key = _create(s.tmp), 0, s.key
+    def write_file(self, items: list[Item], data: IO[bytes] | None, writers: _Writers) -> None:
+        """One member's data, read from the archive in chunks here, into each
+        of `items` (several when dedup found one content at several paths);
+        the writes, then the metadata and the close, run in order in each
+        file's directory's writer thread. A segment goes into its file's one
+        temporary file, at its offset."""
+        targets = [self._target(item) for item in items]
         try:
-            left = m.length
+            left = items[0].member.length
             while left > 0 and data is not None:
                 chunk = data.read(min(_CHUNK, left))
                 if not chunk:
-                    raise _BadMember(f"archive ends inside {ev.show_path(m.path)}")
-                writers.submit(key, partial(_pwrite_all, fd, chunk, pos), len(chunk))
-                pos += len(chunk)
+                    raise _BadMember(f"archive ends inside {ev.show_path(items[0].member.path)}")
+                for t in targets:
+                    writers.submit(t.key, partial(_pwrite_all, t.fd, chunk, t.pos), len(chunk))
+                    t.pos += len(chunk)
                 left -= len(chunk)
         finally:  # queued after the writes: the fd stays open until they ran
-            writers.submit(key, partial(self._close_file, fd, m), 0)
-        self.bytes += m.length
+            for t in targets:
+                writers.submit(t.key, partial(self._close_file, t.fd, t.member), 0)
+        for item in items:
+            self.bytes += item.member.length
+            if not item.member.segmented:
+                self.files += 1
+
+    def _target(self, item: Item) -> _Target:
+        """The open temporary file a member's data goes into."""
+        m = item.member
         if not m.segmented:
-            self.files += 1
+            s = self._stage(item)
+            return _Target(_create(s.tmp), 0, s.key, m)
+        dest = self.dest(item.dest)
+        split = self.splits.get(dest)
+        if split is None:
+            self.parent_ok(dest)
+            staged = _Staged(self._temp(dest), dest, _parent(item.dest))
+            os.close(_create(staged.tmp))
+            split = self.splits[dest] = _Split(staged, m)
+        fd = os.open(split.staged.tmp, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        if m.offset + m.length >= m.size:
+            split.member, split.complete = m, True
+        return _Target(fd, m.offset, split.staged.key, m)
 
     def symlink(self, item: Item) -> None:
         m = item.member

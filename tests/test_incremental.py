@@ -397,3 +397,45 @@ def test_a_hard_link_whose_first_name_was_stored_before_a_kill_stays_a_link(
     proc.communicate(timeout=60)
     assert cu.run_until_completed(state, vault, src) == 1
     assert _restored(state, tmp_path / "back", src) == describe(src)
+
+
+# -- dedup ----------------------------------------------------------------------
+
+
+def test_a_renamed_and_a_copied_file_add_no_archive_bytes(tmp_path: Path) -> None:
+    """Content the base's point in time holds (a file moved, a file copied,
+    one split over archives) is referred to, not stored again; both points
+    in time restore byte for byte."""
+    src, state, vault = tmp_path / "src", tmp_path / "state", tmp_path / "vault"
+    (src / "d").mkdir(parents=True)
+    (src / "d" / "photo.jpg").write_bytes(os.urandom(200 * 1024))
+    (src / "d" / "video.mp4").write_bytes(os.urandom(700 * 1024))  # split at 128 KiB
+    (src / "small.txt").write_bytes(b"tiny")
+    first = backup(state, vault, [src], archive_size=128 * 1024)
+    before = describe(src)
+    os.rename(src / "d" / "photo.jpg", src / "moved.jpg")
+    shutil.copy2(src / "d" / "video.mp4", src / "copy.mp4")
+    second = backup(state, vault, [src], archive_size=128 * 1024)
+    assert second.session.base == first.session.id
+    assert second.session.files == 2  # moved.jpg and copy.mp4, both reused
+    assert second.session.bytes == 0  # no file data went into an archive
+    assert _restored(state, tmp_path / "now", src) == describe(src)
+    assert _restored(state, tmp_path / "then", src, first.session.id) == before
+    check_manifest_is_the_tree(state, second.session.id, [src])
+
+
+def test_a_damaged_content_index_turns_dedup_off_and_is_built_again(tmp_path: Path) -> None:
+    src, state, vault = tmp_path / "src", tmp_path / "state", tmp_path / "vault"
+    src.mkdir()
+    (src / "a.bin").write_bytes(os.urandom(64 * 1024))
+    first = backup(state, vault, [src])
+    shutil.copy2(src / "a.bin", src / "b.bin")
+    index = state / "catalog" / f"{first.session.id}.idx"
+    index.write_bytes(b"not a database")
+    second = backup(state, vault, [src])
+    assert second.session.bytes == 64 * 1024  # stored: dedup was off for this session
+    assert not index.exists()  # the damaged index is gone; a session builds it anew
+    assert _restored(state, tmp_path / "back", src) == describe(src)
+    shutil.copy2(src / "a.bin", src / "c.bin")
+    third = backup(state, vault, [src])
+    assert third.session.bytes == 0

@@ -86,8 +86,10 @@ def copy_entry(copy: _Copy) -> ManifestEntry:
     """A path's copy as a manifest entry. `where` lists a file's segments
     and, for a symlink, the archive holding its member (offset and length 0)."""
     first = copy[0][1]
+    digest = b""
     if first.kind == "file":
-        where = [Location(a.id, m.offset, m.length) for a, m in copy]
+        where = [Location(m.ref or a.id, m.offset, m.length, m.source) for a, m in copy]
+        digest = copy[-1][1].hash
     elif first.kind == "symlink":
         where = [Location(copy[0][0].id, 0, 0)]
     else:
@@ -103,6 +105,7 @@ def copy_entry(copy: _Copy) -> ManifestEntry:
         uid=first.uid,
         gid=first.gid,
         target=first.target,
+        hash=digest,
         zstd=first.zstd,
         where=where,
     )

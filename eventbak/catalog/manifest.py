@@ -58,6 +58,9 @@ class Location(msgspec.Struct, array_like=True, frozen=True, gc=False):
     archive: str
     offset: int  # of this part in the file
     length: int
+    #: the path its member is stored under in that archive, if not the
+    #: entry's own (a file stored under another name, found by dedup)
+    path: bytes = b""
 
 
 class ManifestEntry(msgspec.Struct, array_like=True, frozen=True, gc=False):

@@ -47,6 +47,11 @@ def local_path(root: Path, session: str) -> Path:
     return root / CATALOG_DIR / f"{session}.mf.zst"
 
 
+def index_path(root: Path, session: str) -> Path:
+    """The content index of a session's point in time (catalog/dedup.py)."""
+    return root / CATALOG_DIR / f"{session}.idx"
+
+
 def has_local(root: Path, s: SessionState) -> bool:
     """The session's manifest is on record and its copy is in the state dir."""
     return (

@@ -52,6 +52,13 @@ class Member(msgspec.Struct, array_like=True, frozen=True, gc=False):
     #: logs before 0.3 say 0).
     ctime_ns: int = 0
     ino: int = 0
+    #: SHA-256 of the whole file's content, on its last member (empty where
+    #: unknown: changed while read, resumed mid-file, or logs before 0.3).
+    hash: bytes = b""
+    #: Not in this archive: the bytes are member `source` (a path) of archive
+    #: `ref`, stored by an earlier session (file-level dedup, catalog/dedup.py).
+    ref: str = ""
+    source: bytes = b""
 
     @property
     def segmented(self) -> bool:
@@ -254,7 +261,7 @@ class Summary(msgspec.Struct):
     def add(self, m: Member) -> None:
         self.count += 1
         if m.kind == "file":
-            self.bytes += m.length
+            self.bytes += 0 if m.ref else m.length  # bytes stored in this archive
             self.files += m.offset == 0
         elif m.kind == "hardlink":
             self.files += 1

@@ -16,6 +16,7 @@ and both are recorded as `EntryChanged` (the archive stays a valid tar).
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import stat
 import threading
@@ -23,10 +24,12 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from eventbak import archive as ar
 from eventbak.archive.layers import ArchiveFormat
 from eventbak.archive.policy import HEAD, Policy
+from eventbak.catalog.dedup import ContentIndex
 from eventbak.core import events as ev
 from eventbak.fsutil import fsync_dir
 from eventbak.pipeline.scanner import Entry
@@ -39,6 +42,7 @@ SMALL_FILE = 256 * 1024
 MIN_SEGMENT = 256 * 1024
 #: Files the policy stores get a stored frame of their own from this size on.
 STORE_MIN = 128 * 1024
+Hasher = Any  # hashlib's object (its type is private)
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 
@@ -88,6 +92,7 @@ class Packer:
         next_index: int = 1,
         stop: threading.Event | None = None,
         on_seal: Callable[[list[Output]], None] | None = None,
+        dedup: ContentIndex | None = None,
     ) -> None:
         self.session = session
         self.staging = staging
@@ -97,6 +102,7 @@ class Packer:
         self.next_index = next_index
         self.stop = stop or threading.Event()
         self.on_seal = on_seal
+        self.dedup = dedup
         self.progress = Progress()
         self._open: _Open | None = None
         self._out: list[Output] = []
@@ -360,6 +366,12 @@ class Packer:
 
     def _file_data(self, path: bytes, fd: int, st: os.stat_result, start: int = 0) -> None:
         size = st.st_size
+        dedup = self.dedup
+        if start == 0 and dedup is not None and dedup.may_hold(size):  # noqa: SIM102
+            if self._reuse(path, fd, st, dedup):
+                return
+        # the content hash, of a file read from its first byte on
+        hasher = hashlib.sha256() if start == 0 else None
         mtime = st.st_mtime_ns // 1_000_000_000
         whole = ar.tar_header(
             ar.member_name(path, "file"), ar.REGTYPE, st.st_mode, st.st_uid, st.st_gid, size, mtime
@@ -378,12 +390,14 @@ class Packer:
                 if not changed:
                     changed.append("grew while read" if len(data) > size else "shrank while read")
                 data = data[:size].ljust(size, b"\0")
+            if hasher is not None:
+                hasher.update(data)
             cur = self._fit(need)
             cur.writer.select(self._class(cur, self.policy.decide(path, data[:HEAD], size), size))
             cur.writer.write(whole + data + bytes(need - len(whole) - size))
             self.progress.bytes += size
             _check_unchanged(fd, st, changed)
-            self._add_member(cur, path, st, 0, size, changed)
+            self._add_member(cur, path, st, 0, size, changed, _digest(hasher, changed))
         elif whole_fits:
             try:  # the first chunk: what the policy looks at, then the start of the copy
                 first = os.read(fd, CHUNK)
@@ -394,9 +408,9 @@ class Packer:
             cur = self._fit(need)
             cur.writer.select(self._class(cur, compress, size))
             cur.writer.write(whole)
-            self._copy(fd, cur, size, changed, first)
+            self._copy(fd, cur, size, changed, first, hasher)
             _check_unchanged(fd, st, changed)
-            self._add_member(cur, path, st, 0, size, changed)
+            self._add_member(cur, path, st, 0, size, changed, _digest(hasher, changed))
         else:
             offset = start
             compress = self._decide(fd, path, size)
@@ -433,11 +447,13 @@ class Packer:
                 )
                 cur.writer.select(compress)
                 cur.writer.write(header)
-                self._copy(fd, cur, length, changed)
+                self._copy(fd, cur, length, changed, hasher=hasher)
                 offset += length
+                digest = b""
                 if offset >= size:
                     _check_unchanged(fd, st, changed)
-                self._add_member(cur, path, st, offset - length, length, changed)
+                    digest = _digest(hasher, changed)
+                self._add_member(cur, path, st, offset - length, length, changed, digest)
                 if offset >= size:
                     break
         if changed:
@@ -446,6 +462,43 @@ class Packer:
                     at=time.time(), session=self.session, path=path, detail="; ".join(changed)
                 )
             )
+
+    def _reuse(self, path: bytes, fd: int, st: os.stat_result, index: ContentIndex) -> bool:
+        """Hash the file; if the base's point in time holds the same content,
+        list it as reused (members that name where its bytes are, no data
+        here) and return True. False: pack it as usual."""
+        size, hasher, pos = st.st_size, hashlib.sha256(), 0
+        try:
+            while pos < size:
+                if self.stop.is_set():
+                    raise Stopped
+                chunk = os.pread(fd, min(CHUNK, size - pos), pos)
+                if not chunk:
+                    return False  # shrank: packing it records that
+                hasher.update(chunk)
+                pos += len(chunk)
+            after = os.fstat(fd)
+        except OSError:
+            return False  # packing it meets the error again and records it
+        if after.st_size != size or after.st_mtime_ns != st.st_mtime_ns:
+            return False
+        digest = hasher.digest()
+        found = index.find(size, digest)
+        if found is None:
+            return False
+        cur = self._current()
+        last = len(found.where) - 1
+        for i, loc in enumerate(found.where):
+            self._member(
+                cur,
+                ev.Member(
+                    path, "file", stat.S_IMODE(st.st_mode), st.st_mtime_ns, size, st.st_uid,
+                    st.st_gid, b"", loc.offset, loc.length, False, found.zstd, st.st_ctime_ns,
+                    st.st_ino, digest if i == last else b"", ref=loc.archive, source=loc.path,
+                ),
+            )  # fmt: skip
+        self.progress.files += 1
+        return True
 
     @staticmethod
     def _class(cur: _Open, compress: bool, size: int) -> bool:
@@ -476,6 +529,7 @@ class Packer:
         offset: int,
         length: int,
         changed: list[str],
+        digest: bytes = b"",
     ) -> None:
         self._member(
             cur,
@@ -494,20 +548,29 @@ class Packer:
                 cur.writer.compressing,
                 st.st_ctime_ns,
                 st.st_ino,
+                digest,
             )
         )
         if offset == 0:
             self.progress.files += 1
 
     def _copy(
-        self, fd: int, cur: _Open, length: int, changed: list[str], first: bytes = b""
+        self,
+        fd: int,
+        cur: _Open,
+        length: int,
+        changed: list[str],
+        first: bytes = b"",
+        hasher: Hasher | None = None,
     ) -> None:
         """Copy `length` bytes from fd into the archive (starting with `first`,
-        already read from it), then the padding."""
+        already read from it), then the padding; `hasher` sees the file's bytes."""
         write = cur.writer.write
         left = length
         if first:
             first = first[:length]
+            if hasher is not None:
+                hasher.update(first)
             write(first)
             left -= len(first)
             self.progress.bytes += len(first)
@@ -525,12 +588,19 @@ class Packer:
                 write(bytes(min(left, CHUNK)))
                 left -= min(left, CHUNK)
                 continue
+            if hasher is not None:
+                hasher.update(chunk)
             write(chunk)
             left -= len(chunk)
             self.progress.bytes += len(chunk)
         pad = ar.padded(length) - length
         if pad:
             write(b"\0" * pad)
+
+
+def _digest(hasher: Hasher | None, changed: list[str]) -> bytes:
+    """The content hash, if the file was read whole and did not change meanwhile."""
+    return hasher.digest() if hasher is not None and not changed else b""
 
 
 def _check_unchanged(fd: int, st: os.stat_result, changed: list[str]) -> None:

@@ -52,6 +52,7 @@ from eventbak.archive.layers import ArchiveFormat
 from eventbak.archive.policy import Policy
 from eventbak.catalog import marker, store
 from eventbak.catalog.build import KEPT, session_entries
+from eventbak.catalog.dedup import ContentIndex
 from eventbak.catalog.manifest import ManifestEntry, ManifestError
 from eventbak.config import Compression, parse_compression
 from eventbak.core import events as ev
@@ -201,6 +202,11 @@ class Session:
         self._work_scope: trio.CancelScope | None = None
         self._nursery: trio.Nursery | None = None
         s = sd.state.sessions[session_id]
+        self.dedup = (
+            ContentIndex(store.index_path(sd.root, s.base), lambda: self._open_base(s.base))
+            if s.base
+            else None
+        )
         self.packer = Packer(
             session_id,
             sd.staging,
@@ -209,6 +215,7 @@ class Session:
             req.policy,
             next_index=len(s.archives) + 1,
             stop=self.stop,
+            dedup=self.dedup,
         )
         self.started = time.monotonic()
         # what the point in time holds already (the base's manifest, and for a
@@ -446,6 +453,8 @@ class Session:
             error = first
         finally:
             self.stop.set()
+            if self.dedup is not None:
+                self.dedup.close()
         session = self.sd.state.sessions[self.id]
         elapsed = time.monotonic() - self.started
         if error is not None or self.stop_reason:
@@ -526,6 +535,9 @@ class Session:
         sd.commit()
         if w.staged.parent == sd.staging:
             w.staged.unlink(missing_ok=True)
+        if self.dedup is not None:  # the next session builds on this one
+            self.dedup.close()
+            self.dedup.path.unlink(missing_ok=True)
 
     def _commit_or_note(self, why: str) -> None:
         try:

@@ -173,7 +173,8 @@ class LocalVault:
         dest = self._path(key)
         tmp = dest.with_name(f".{dest.name}{_TMP_MARK}{os.getpid()}")
         try:
-            private_dir(dest.parent)
+            # the root keeps its mode (a mount point the user made), as in prepare
+            private_dir(dest.parent, tighten=dest.parent != self.root)
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
             with open(fd, "wb") as f:
                 f.write(data)

@@ -599,13 +599,34 @@ def restore(
     help="age identity file, if the vault's catalogs are encrypted; default: "
     "[encryption] identity_file (or its passphrase_command).",
 )
+@click.option(
+    "--tier",
+    type=click.Choice(["Standard", "Bulk", "Expedited"]),
+    default="Standard",
+    show_default=True,
+    help="Glacier vault: how fast the catalog archives are retrieved.",
+)
+@click.option(
+    "--poll",
+    type=click.FloatRange(min=0.1),
+    default=60.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="Glacier vault: how often to check on the inventory and retrieval jobs.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
 @click.pass_obj
-def recover(c: Ctx, vault: str, identity: Path | None, as_json: bool) -> None:
+def recover(
+    c: Ctx, vault: str, identity: Path | None, tier: str, poll: float, as_json: bool
+) -> None:
     """Rebuild the state dir from a vault alone (after losing this machine):
     sessions, archives and manifests, read from the vault's catalog objects
-    (a hot class: nothing is thawed). Then `restore` works as before."""
+    (a hot class: nothing is thawed; a Glacier vault needs an inventory job
+    and a retrieval job per catalog, hours on AWS). Then `restore` works as
+    before."""
+    from eventbak.recover import Waiting
     from eventbak.recover import recover as do_recover
+    from eventbak.restore import parse_tier
 
     check_vault_url(vault)
     identities, warning = identities_for(c.config.encryption, identity)
@@ -616,7 +637,13 @@ def recover(c: Ctx, vault: str, identity: Path | None, as_json: bool) -> None:
         command = c.config.encryption.passphrase_command
         if identities is None and command:
             identities = recover_passphrase_keys(c.state_dir, command, v)
-        report = do_recover(c.state_dir, v, identities)
+        report = do_recover(
+            c.state_dir,
+            v,
+            identities,
+            say=lambda line: click.echo(f"eventbak: {line}", err=True),
+            waiting=Waiting(parse_tier(tier), poll),
+        )
     finally:
         v.close()
     for w in report.warnings:

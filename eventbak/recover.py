@@ -28,10 +28,11 @@ from __future__ import annotations
 
 import hashlib
 import re
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Protocol, runtime_checkable
 
 from eventbak.archive.age import Identities
 from eventbak.catalog import marker, store
@@ -40,6 +41,8 @@ from eventbak.core import events as ev
 from eventbak.errors import EventbakError, KeyProblem, UsageError
 from eventbak.statedir import StateDir, log_path
 from eventbak.vaults import Vault
+from eventbak.vaults.base import Tier
+from eventbak.vaults.glacier import InventoryEntry
 
 CATALOG = "catalog/"
 _SESSION = r"[0-9]{8}T[0-9]{6}Z-[0-9a-f]{4,32}"
@@ -63,20 +66,90 @@ class _Catalog:
     session: str
     key: str
     layers: list[str]
+    archive_id: str = ""  # Glacier: the archive that holds it
+
+
+@runtime_checkable
+class _GlacierLike(Protocol):
+    """A vault that lists itself by an inventory job and is read by
+    retrieval jobs (vaults/glacier.py)."""
+
+    ref: str
+
+    def start_inventory(self) -> str: ...
+
+    def read_inventory(self, job_id: str) -> list[InventoryEntry]: ...
+
+    def start_retrieval(self, archive_id: str, tier: Tier) -> str: ...
+
+    def job_status(self, job_id: str) -> str: ...
+
+    def open_job_output(self, job_id: str) -> BinaryIO: ...
+
+
+@dataclass
+class Waiting:
+    """How to wait for Glacier's jobs (hours on AWS, seconds on moto)."""
+
+    tier: Tier = "Standard"
+    poll: float = 60.0
+    sleep: Callable[[float], None] = time.sleep
+
+
+def _named(key: str, archive_id: str = "") -> _Catalog | None:
+    m = _NAME.match(key)
+    if m is None:
+        return None
+    return _Catalog(m["session"], key, _SUFFIX_LAYERS[m["suffix"]], archive_id)
 
 
 def catalogs(vault: Vault) -> tuple[list[_Catalog], list[str]]:
-    """The vault's catalog objects, oldest session first, and warnings for
-    objects under catalog/ that are not eventbak's."""
+    """The vault's catalog objects and warnings for objects under catalog/
+    that are not eventbak's."""
     found: list[_Catalog] = []
     warnings: list[str] = []
     for key in vault.list_small(CATALOG):
-        m = _NAME.match(key)
-        if m is None:
+        c = _named(key)
+        if c is None:
             warnings.append(f"left alone: {key} (not a catalog name of eventbak's)")
-            continue
-        found.append(_Catalog(m["session"], key, _SUFFIX_LAYERS[m["suffix"]]))
-    found.sort(key=lambda c: c.session)  # ids begin with the UTC time they were opened
+        else:
+            found.append(c)
+    return found, warnings
+
+
+def _wait_for(vault: _GlacierLike, job: str, what: str, waiting: Waiting) -> None:
+    while True:
+        status = vault.job_status(job)
+        if status == "Succeeded":
+            return
+        if status != "InProgress":
+            raise EventbakError(f"vault {vault.ref}: the {what} job {job} failed")
+        waiting.sleep(waiting.poll)
+
+
+def glacier_catalogs(
+    vault: _GlacierLike, waiting: Waiting, say: Callable[[str], None]
+) -> tuple[list[_Catalog], list[str]]:
+    """A Glacier vault's catalog archives, from an inventory job (waited for:
+    hours on AWS; an interrupted recover starts a new one), each named by
+    its description (the latest of one key wins: a session may store its
+    catalog again after a crash)."""
+    job = vault.start_inventory()
+    say(f"inventory job {job} started in {vault.ref}; waiting for it (hours on AWS)")
+    _wait_for(vault, job, "inventory", waiting)
+    latest: dict[str, InventoryEntry] = {}
+    for e in vault.read_inventory(job):
+        newer = e.key not in latest or e.created >= latest[e.key].created
+        if e.kind == "catalog" and e.key is not None and newer:
+            latest[e.key] = e
+    found: list[_Catalog] = []
+    warnings: list[str] = []
+    for key, e in latest.items():
+        c = _named(key, e.archive_id)
+        if c is None:
+            warnings.append(f"left alone: archive {e.archive_id} ({key!r} is not a catalog name)")
+        else:
+            found.append(c)
     return found, warnings
 
 
@@ -85,16 +158,25 @@ def recover(
     vault: Vault,
     identities: Identities | None,
     say: Callable[[str], None] = lambda line: None,
+    waiting: Waiting | None = None,
 ) -> Recovered:
-    """Rebuild the state dir `root` (with no event log yet) from `vault`."""
+    """Rebuild the state dir `root` (with no event log yet) from `vault`;
+    for a Glacier vault, by an inventory job and a retrieval job per catalog
+    (`waiting`)."""
     if log_path(root).exists() and log_path(root).stat().st_size > 8:
         raise UsageError(
             f"state dir {root} already holds an event log: recover into an empty state dir"
         )
     # read only: no prepare (it would create a local vault's directories, or
     # a Glacier vault); a vault that is not there lists no catalog
-    mark = marker.read(vault)
-    found, warnings = catalogs(vault)
+    glacier = vault if isinstance(vault, _GlacierLike) else None
+    waiting = waiting or Waiting()
+    if glacier is not None:
+        mark = None
+        found, warnings = glacier_catalogs(glacier, waiting, say)
+    else:
+        mark = marker.read(vault)
+        found, warnings = catalogs(vault)
     if not found:
         raise EventbakError(
             f"vault {vault.ref} holds no catalog: nothing to recover (only completed sessions "
@@ -108,15 +190,30 @@ def recover(
             "give --identity FILE or set identity_file in [encryption]"
         )
     out = Recovered(vault.ref, mark.vault_id if mark else "", warnings=warnings)
-    if mark is None:
+    if mark is None and glacier is None:
         out.warnings.append(
             f"vault {vault.ref} has no {marker.MARKER} (written by backups since 0.3)"
         )
     sd = StateDir.open(root)
     fetched: list[_Fetched] = []
     try:
+        if glacier is not None:  # every retrieval at once, then each waited for
+            jobs = {c.key: glacier.start_retrieval(c.archive_id, waiting.tier) for c in found}
+            say(f"{len(jobs)} catalog retrieval jobs started ({waiting.tier} tier)")
+
+            def read(c: _Catalog) -> bytes | None:
+                assert glacier is not None
+                _wait_for(glacier, jobs[c.key], f"retrieval of {c.key}", waiting)
+                with glacier.open_job_output(jobs[c.key]) as stream:
+                    return stream.read()
+
+        else:
+
+            def read(c: _Catalog) -> bytes | None:
+                return vault.get_small(c.key)
+
         for c in found:
-            fetched.append(_fetch(sd.staging, vault, c, identities))
+            fetched.append(_fetch(sd.staging, vault, c, identities, read))
         known: dict[str, str] = {}  # archive id -> its session
         try:
             for f in _in_order(fetched):
@@ -160,10 +257,16 @@ def _open(
         raise
 
 
-def _fetch(staging: Path, vault: Vault, c: _Catalog, identities: Identities | None) -> _Fetched:
+def _fetch(
+    staging: Path,
+    vault: Vault,
+    c: _Catalog,
+    identities: Identities | None,
+    read: Callable[[_Catalog], bytes | None],
+) -> _Fetched:
     """The catalog's bytes into staging (not memory: a catalog grows with its
     files), and what orders it: when its session opened, what it builds on."""
-    data = vault.get_small(c.key)
+    data = read(c)
     if data is None:
         raise EventbakError(f"vault {vault.ref}: {c.key} was listed but cannot be read")
     path = staging / f"recover-{c.session}.mf"

@@ -186,3 +186,43 @@ def test_restore_from_glacier_runs_retrieval_jobs_and_waits(
     started = done.stderr.count("started Glacier retrieval job")
     assert started == len(uploaded), done.stderr
     assert describe(back / str(src).lstrip("/")) == describe(src)
+
+
+def test_recover_from_glacier_by_inventory_and_retrieval_jobs(
+    backed_up: tuple[Path, str, Path], tmp_path: Path
+) -> None:
+    """The state dir lost: `eventbak recover` finds the catalog archives by an
+    inventory job and reads them by retrieval jobs (moto: seconds), and the
+    recovered state dir restores the tree (retrieving the data archives)."""
+    import shutil
+    import subprocess
+    import sys
+
+    from tests.treeutil import describe
+
+    state, url, src = backed_up
+    before, _ = read_state(state)
+    shutil.rmtree(state)
+    fresh = tmp_path / "recovered"
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "eventbak", "--state-dir", str(fresh), *args],
+            capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+
+    done = cli("recover", "--vault", url, "--tier", "Expedited", "--poll", "0.5", "--json")
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["sessions"] == list(before.sessions)
+    assert "inventory job" in done.stderr and "1 catalog retrieval jobs" in done.stderr
+    after, _ = read_state(fresh)
+    (s,) = after.sessions.values()
+    assert s.state == "completed"
+    assert {a.key for a in after.archives.values()} == {
+        a.key for a in before.archives.values() if a.state == "uploaded"
+    }
+    back = tmp_path / "back"
+    done = cli("restore", "--to", str(back), "--tier", "Expedited", "--poll", "0.5")
+    assert done.returncode == 0, done.stderr
+    assert describe(back / str(src).lstrip("/")) == describe(src)

@@ -66,7 +66,7 @@ def test_an_unchanged_second_session_stores_nothing_and_restores_the_tree(tmp_pa
 _FREE = ["a", "b", "c", "e f", "d1/e", "d1/f", "d1/d2/g", "d1/d2/h"]
 _OPS = [
     "add", "same_size", "resize", "delete", "rename", "chmod", "to_dir", "to_file",
-    "symlink", "unlink_symlink", "touch", "hardlink",
+    "symlink", "unlink_symlink", "touch", "hardlink", "copy",
 ]  # fmt: skip
 
 
@@ -106,7 +106,8 @@ def _apply(src: Path, op: str, data: st.DataObject, clock: _Clock) -> None:
         return data.draw(st.binary(min_size=1, max_size=3000))
 
     needs = {"add": [free], "symlink": [free], "to_file": [dirs], "unlink_symlink": [links],
-             "rename": [files, free], "hardlink": [files, free]}  # fmt: skip
+             "rename": [files, free], "hardlink": [files, free],
+             "copy": [files, free]}  # fmt: skip
     feasible = [o for o in (op, "add", "touch", "to_file") if all(needs.get(o, [files]))]
     op = feasible[0] if feasible else "unlink_symlink"  # every name a symlink
     if op == "add":
@@ -144,6 +145,8 @@ def _apply(src: Path, op: str, data: st.DataObject, clock: _Clock) -> None:
             os.utime(f, ns=(t, t))
         elif op == "hardlink":
             os.link(f, src / pick(free))
+        elif op == "copy":  # same content at a new path: dedup (at least 16 KiB)
+            shutil.copy2(f, src / pick(free))
 
 
 @settings(
@@ -163,7 +166,7 @@ def test_each_session_restores_the_tree_as_it_was(
         src, state, vault = tmp / "src", tmp / "state", tmp / "vault"
         (src / "d1" / "d2").mkdir(parents=True)
         (src / "a").write_bytes(b"first file\n" * 20)
-        (src / "d1" / "e").write_bytes(os.urandom(300))
+        (src / "d1" / "e").write_bytes(os.urandom(40 * KiB))  # large enough for dedup
         clock = _Clock()
         snapshots: list[tuple[str, Tree]] = []
         for ops in [[], *sessions]:  # the first session is a full one

@@ -363,7 +363,7 @@ def backup(
                 click.echo(f"state dir: {c.state_dir}")
                 click.echo(f"vault:     {req.vault_url}")
             previous = find_unfinished(sd, req)
-            if previous is not None and not as_json:
+            if previous is not None and not as_json and not (req.full and not new_session):
                 if new_session:
                     click.echo(f"abandoning unfinished session {previous.id}")
                 else:
@@ -974,14 +974,17 @@ def replay(
                 d = ev.to_jsonable(shown)
                 assert isinstance(d, dict)
                 click.echo(json.dumps({"seq": rec.seq, "offset": rec.offset, **d}))
-            elif isinstance(shown, ev.ArchiveSealed):  # --members: one line per member
-                click.echo(_event_line(rec.seq, rec.offset, head_of(shown)))
+            elif isinstance(shown, ev.ArchiveSealed | ev.MembersListed):
+                # --members: one line per member (a piece listed early, or the seal's)
+                head = head_of(shown) if isinstance(shown, ev.ArchiveSealed) else shown
+                click.echo(_event_line(rec.seq, rec.offset, head))
                 for m in shown.members:
                     where = f" [{m.offset}+{m.length}]" if m.segmented else ""
                     target = f" -> {ev.show_path(m.target)}" if m.target else ""
+                    reused = f" (reused: {m.ref})" if m.ref else ""
                     click.echo(
                         f"{'':>20}{m.kind:<8} {m.size:>12} {oct(m.mode)[2:]:>5} "
-                        f"{ev.show_path(m.path)}{where}{target}"
+                        f"{ev.show_path(m.path)}{where}{target}{reused}"
                     )
             else:
                 click.echo(_event_line(rec.seq, rec.offset, shown))

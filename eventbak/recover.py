@@ -27,6 +27,7 @@ are not recovered; their archives stay in the vault, unreferenced.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import time
 from collections.abc import Callable, Iterator
@@ -270,7 +271,9 @@ def _fetch(
     if data is None:
         raise EventbakError(f"vault {vault.ref}: {c.key} was listed but cannot be read")
     path = staging / f"recover-{c.session}.mf"
-    path.write_bytes(data)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    with open(fd, "wb") as out:
+        out.write(data)
     name = f"catalog {c.key} in vault {vault.ref}"
     with open(path, "rb") as source:
         reader = _open(c, source, identities, name)

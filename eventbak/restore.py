@@ -911,11 +911,11 @@ class _Extractor:
     def dest(self, rel: bytes) -> bytes:
         if not rel or any(part in (b"..",) for part in rel.split(b"/")):
             raise EventbakError(f"refusing unsafe path {ev.show_path(rel)!r} from the catalog")
-        return self.to + b"/" + rel
+        return self.to.rstrip(b"/") + b"/" + rel  # `--to /`: no "//" (a fixed point of dirname)
 
     def parent_ok(self, dest: bytes) -> None:
         parent = os.path.dirname(dest)
-        if parent in self.safe_dirs:
+        if parent in self.safe_dirs or parent == dest:
             return
         self.parent_ok(parent)
         try:

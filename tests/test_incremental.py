@@ -442,3 +442,74 @@ def test_a_damaged_content_index_turns_dedup_off_and_is_built_again(tmp_path: Pa
     shutil.copy2(src / "a.bin", src / "c.bin")
     third = backup(state, vault, [src])
     assert third.session.bytes == 0
+
+
+# -- what starts a full session, and what refuses ----------------------------------
+
+
+def test_a_change_of_recipients_starts_a_full_session(tmp_path: Path) -> None:
+    """Turning encryption on stores every file again, encrypted: no point in
+    time of the encrypted dataset refers to archives made without the key."""
+    import trio
+
+    from eventbak.archive import age
+    from eventbak.config import Compression
+    from eventbak.pipeline.coordinator import BackupRequest, run_backup
+    from eventbak.pipeline.scanner import normalize_roots
+    from eventbak.statedir import StateDir
+    from eventbak.vaults import open_vault
+
+    src, state, vault = tmp_path / "src", tmp_path / "state", tmp_path / "vault"
+    _small_tree(src)
+    plain = backup(state, vault, [src])
+    _, recipient = age.generate()
+    req = BackupRequest(
+        dataset="test", paths=normalize_roots([os.fsencode(src)]),
+        vault_url=f"file://{vault}", archive_size=128 * 1024 * 1024,
+        compression=Compression("auto"), exclude=[], recipients=(recipient,),
+    )  # fmt: skip
+    sd = StateDir.open(state)
+    try:
+        encrypted = trio.run(run_backup, sd, req, open_vault(req.vault_url), None)
+    finally:
+        sd.close()
+    assert encrypted.session.base == ""
+    assert encrypted.session.files == plain.session.files
+    st_, _ = read_state(state)
+    assert all("age" in a.layers for a in st_.archives_of(encrypted.session.id))
+
+
+@pytest.mark.slow
+def test_full_while_a_session_is_unfinished_is_refused(tmp_path: Path) -> None:
+    src, state, vault = tmp_path / "src", tmp_path / "state", tmp_path / "vault"
+    cu.make_tree(src)
+    assert cu.kill_after(state, vault, src, 3), "the session finished before the kill"
+    refused = cu.run(state, vault, src, "--full")
+    assert refused.returncode == 2
+    assert refused.stderr.strip().count("\n") == 0 and "--new-session" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    full = cu.run(state, vault, src, "--full", "--new-session")
+    assert full.returncode == 0 and "(a full session)" in full.stdout, full.stdout
+
+
+def test_restore_in_place_with_to_slash(tmp_path: Path) -> None:
+    """`restore --to /` puts entries back where they were (here below tmp_path)."""
+    src, state, vault = tmp_path / "src", tmp_path / "state", tmp_path / "vault"
+    _small_tree(src)
+    backup(state, vault, [src])
+    want = describe(src)
+    shutil.rmtree(src)
+    restore_all(state, Path("/"))
+    assert describe(src) == want
+
+
+def test_a_missing_manifest_copy_is_named_not_an_empty_restore(tmp_path: Path) -> None:
+    src, state, vault = tmp_path / "src", tmp_path / "state", tmp_path / "vault"
+    _small_tree(src)
+    done = backup(state, vault, [src])
+    copy = state / "catalog" / f"{done.session.id}.mf.zst"
+    copy.unlink()
+    from eventbak.errors import EventbakError
+
+    with pytest.raises(EventbakError, match=r"manifest of session .* cannot be read"):
+        restore_all(state, tmp_path / "back")

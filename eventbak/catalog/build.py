@@ -166,9 +166,10 @@ def covered(entry: ManifestEntry) -> int:
 
 def entries_of(state: State, root: Path, s: SessionState) -> Iterable[ManifestEntry]:
     """A session's point in time, for reading it: the state dir's copy of its
-    manifest when it has one (checked against its record), else built from
-    the log (uploaded archives) over its base's, found the same way."""
-    if store.has_local(root, s):
+    manifest when one is on record (checked against the record; missing or
+    damaged: ManifestError naming it), else built from the log (uploaded
+    archives) over its base's, found the same way."""
+    if s.catalog is not None and s.catalog.local_sha256:
         return store.read_local(root, s)
 
     def open_base(base: str) -> Iterable[ManifestEntry]:

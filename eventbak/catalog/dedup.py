@@ -1,7 +1,7 @@
 """File-level dedup: a file whose content the vault already holds is not
 stored again; the session refers to the bytes where they are.
 
-The index maps (size, SHA-256 of the content) to where those bytes live,
+The index maps (size, BLAKE3-256 of the content) to where those bytes live,
 for every file of at least `DEDUP_MIN` bytes in the base session's point in
 time (its manifest: moved, renamed and copied files are found there). It is
 an SQLite file beside the base's manifest in the state dir
@@ -51,7 +51,7 @@ class Found(msgspec.Struct, frozen=True):
 
 
 class ContentIndex:
-    """The (size, sha256) index of one base session, built lazily from
+    """The (size, blake3) index of one base session, built lazily from
     `entries()` into `path` (used from one thread at a time)."""
 
     def __init__(self, path: Path, entries: Callable[[], Iterable[ManifestEntry]]) -> None:

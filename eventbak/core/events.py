@@ -52,7 +52,7 @@ class Member(msgspec.Struct, array_like=True, frozen=True, gc=False):
     #: logs before 0.3 say 0).
     ctime_ns: int = 0
     ino: int = 0
-    #: SHA-256 of the whole file's content, on its last member (empty where
+    #: BLAKE3-256 of the whole file's content, on its last member (empty where
     #: unknown: changed while read, resumed mid-file, or logs before 0.3).
     hash: bytes = b""
     #: Not in this archive: the bytes are member `source` (a path) of archive

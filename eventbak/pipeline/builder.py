@@ -16,7 +16,6 @@ and both are recorded as `EntryChanged` (the archive stays a valid tar).
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
 import stat
 import threading
@@ -24,7 +23,8 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+
+import blake3
 
 from eventbak import archive as ar
 from eventbak.archive.layers import ArchiveFormat
@@ -42,7 +42,7 @@ SMALL_FILE = 256 * 1024
 MIN_SEGMENT = 256 * 1024
 #: Files the policy stores get a stored frame of their own from this size on.
 STORE_MIN = 128 * 1024
-Hasher = Any  # hashlib's object (its type is private)
+Hasher = blake3.blake3
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 
@@ -370,8 +370,9 @@ class Packer:
         if start == 0 and dedup is not None and dedup.may_hold(size):  # noqa: SIM102
             if self._reuse(path, fd, st, dedup):
                 return
-        # the content hash, of a file read from its first byte on
-        hasher = hashlib.sha256() if start == 0 else None
+        # the content hash (BLAKE3: a quarter of SHA-256's cost here), of a
+        # file read from its first byte on
+        hasher = blake3.blake3() if start == 0 else None
         mtime = st.st_mtime_ns // 1_000_000_000
         whole = ar.tar_header(
             ar.member_name(path, "file"), ar.REGTYPE, st.st_mode, st.st_uid, st.st_gid, size, mtime
@@ -467,7 +468,7 @@ class Packer:
         """Hash the file; if the base's point in time holds the same content,
         list it as reused (members that name where its bytes are, no data
         here) and return True. False: pack it as usual."""
-        size, hasher, pos = st.st_size, hashlib.sha256(), 0
+        size, hasher, pos = st.st_size, blake3.blake3(), 0
         try:
             while pos < size:
                 if self.stop.is_set():

@@ -58,7 +58,7 @@ from eventbak.config import Compression, parse_compression
 from eventbak.core import events as ev
 from eventbak.core import plan
 from eventbak.core.state import SessionState
-from eventbak.errors import EXIT_FAILURE, EventbakError
+from eventbak.errors import EXIT_FAILURE, EventbakError, UsageError
 from eventbak.fsutil import sha256_file
 from eventbak.pipeline.builder import Output, Packer, Sealed, Stopped
 from eventbak.pipeline.scanner import Entry, Exclude, changes, walk
@@ -269,6 +269,12 @@ class Session:
                 if state.archives[a.id].state in ("sealed", "uploading"):
                     self._to_upload.append((a.id, obs))
         s = state.sessions[self.id]
+        if s.base:  # before anything is packed again, not at the end of the walk
+            check_base(
+                sd, state.sessions[s.base],
+                "`eventbak backup --new-session --full` abandons this session and stores "
+                "everything again",
+            )  # fmt: skip
         kept = [a for a in state.archives_of(self.id) if a.state in KEPT]
         # the list of archives is taken now; their members are read lazily,
         # one archive per run at a time, by the scanner thread
@@ -580,19 +586,26 @@ def find_base(sd: StateDir, req: BackupRequest, vault: Vault) -> str:
             continue
         if s.catalog is None or not s.catalog.local_sha256:
             return ""  # stored before eventbak kept manifests: start afresh
-        path = store.local_path(sd.root, s.id)
-        try:
-            ok = sha256_file(path) == s.catalog.local_sha256
-            why = "is damaged (its sha256 differs from the log's)"
-        except OSError as exc:
-            ok, why = False, f"cannot be read: {exc.strerror}"
-        if not ok:
-            raise ManifestError(
-                f"the manifest of session {s.id} ({path}) {why}; the next session would "
-                "build on it: run `eventbak backup --full` to store everything again"
-            )
+        if sorted(s.recipients) != sorted(req.recipients):
+            return ""  # encryption changed: every file is stored under the new keys
+        check_base(sd, s, "run `eventbak backup --full` to store everything again")
         return s.id
     return ""
+
+
+def check_base(sd: StateDir, s: SessionState, remedy: str) -> None:
+    """The state dir's copy of `s`'s manifest is whole (ManifestError if not)."""
+    assert s.catalog is not None
+    path = store.local_path(sd.root, s.id)
+    try:
+        ok = sha256_file(path) == s.catalog.local_sha256
+        why = "is damaged (its sha256 differs from the log's)"
+    except OSError as exc:
+        ok, why = False, f"cannot be read: {exc.strerror}"
+    if not ok:
+        raise ManifestError(
+            f"the manifest of session {s.id} ({path}) {why}; a session builds on it: {remedy}"
+        )
 
 
 def open_session(sd: StateDir, req: BackupRequest, vault: Vault) -> str:
@@ -745,6 +758,12 @@ async def _run_backup(
     session: Session | None = None
     try:
         previous = find_unfinished(sd, req)
+        if previous is not None and req.full and not options.new_session:
+            raise UsageError(
+                f"--full starts a new session, but session {previous.id} is unfinished: "
+                "add --new-session to abandon it (its uploaded archives stay), or back up "
+                "without --full to finish it"
+            )
         if previous is not None and options.new_session:
             await _abandon(sd, previous, vault)
             previous = None

@@ -520,7 +520,7 @@ class GlacierVault:
     def list_small(self, prefix: str) -> list[str]:
         raise VaultError(
             f"vault {self.ref}: a Glacier vault lists its archives only through an "
-            "inventory job (`eventbak inspect --from-vault`)"
+            f"inventory job, not by key ({prefix})"
         )
 
     def request_thaw(self, key: str, tier: Tier, days: int) -> None:

@@ -37,6 +37,7 @@ from eventbak.core.log import TornTail, head_of, iter_log
 from eventbak.core.state import IllegalTransition, SessionState, State, apply, describe_machines
 from eventbak.errors import EXIT_PARTIAL, EventbakError, LogCorrupt, UsageError
 from eventbak.keys import (
+    has_passphrase_key,
     identities_for,
     passphrase_identities,
     passphrase_recipient,
@@ -377,7 +378,9 @@ def backup(
             show = _ProgressLine() if (not as_json and sys.stderr.isatty()) else None
             vault_obj = open_vault(req.vault_url, req.vault_options)
             try:
-                store_passphrase_keys(c.state_dir, req.recipients, vault_obj)
+                if has_passphrase_key(c.state_dir, req.recipients):
+                    vault_obj.prepare()  # a new vault exists before its first key goes in
+                    store_passphrase_keys(c.state_dir, req.recipients, vault_obj)
                 outcome = trio.run(run_backup, sd, req, vault_obj, show, options)
             finally:
                 vault_obj.close()

@@ -141,17 +141,22 @@ def passphrase_recipient(state_dir: Path, command: str) -> str:
     text, recipient = _identity_text()
     wrapped = pyrage.passphrase.encrypt(text.encode(), passphrase)
     private_dir(keys)
-    path = keys / f"{recipient}.age"
+    _write_key(keys / f"{recipient}.age", wrapped)
+    fsync_dir(keys)
+    return recipient
+
+
+def _write_key(path: Path, data: bytes) -> None:
+    """A key file, 0600 whatever the umask, durable under its name (written
+    under a temporary one first)."""
     tmp = path.with_name(path.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     try:
-        os.write(fd, wrapped)
+        os.write(fd, data)
         os.fsync(fd)
     finally:
         os.close(fd)
     os.replace(tmp, path)
-    fsync_dir(keys)
-    return recipient
 
 
 class _Store(Protocol):
@@ -160,6 +165,11 @@ class _Store(Protocol):
     def get_small(self, key: str) -> bytes | None: ...
 
     def put_small(self, key: str, data: bytes) -> object: ...
+
+
+def has_passphrase_key(state_dir: Path, recipients: tuple[str, ...]) -> bool:
+    """Some of `recipients` is a passphrase key of this state directory."""
+    return any((state_dir / key_name(r)).exists() for r in recipients)
 
 
 def store_passphrase_keys(state_dir: Path, recipients: tuple[str, ...], vault: _Store) -> None:
@@ -247,12 +257,6 @@ def recover_passphrase_keys(state_dir: Path, command: str, vault: _Listing) -> I
     keys = _open_keys(found, command)
     private_dir(state_dir / KEYS)
     for k, data in found.items():
-        path = state_dir / k
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-        try:
-            os.write(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        _write_key(state_dir / k, data)
     fsync_dir(state_dir / KEYS)
     return Identities(state_dir / KEYS, keys)

@@ -155,15 +155,6 @@ def session_entries(
     return point_in_time(base, own_copies(state, root, session, states), dict(s.deleted))
 
 
-def covered(entry: ManifestEntry) -> int:
-    """Bytes of a file stored from offset 0 on without a gap."""
-    done = 0
-    for loc in entry.where:
-        if loc.offset == done:
-            done += loc.length
-    return done
-
-
 def entries_of(state: State, root: Path, s: SessionState) -> Iterable[ManifestEntry]:
     """A session's point in time, for reading it: the state dir's copy of its
     manifest when one is on record (checked against the record; missing or

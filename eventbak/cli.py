@@ -651,15 +651,20 @@ def recover(
         v.close()
     for w in report.warnings:
         click.echo(f"eventbak: warning: {w}", err=True)
+    for why in report.skipped:
+        click.echo(f"eventbak: left out: {why}", err=True)
     if as_json:
         click.echo(json.dumps(report.__dict__, indent=2))
-        return
-    latest = report.sessions[-1]
-    click.echo(
-        f"recovered {len(report.sessions)} sessions, {report.archives} archives, "
-        f"{report.entries} entries from {report.vault} into {c.state_dir}; "
-        f"latest session {latest}"
-    )
+    else:
+        latest = report.sessions[-1]
+        click.echo(
+            f"recovered {len(report.sessions)} sessions, {report.archives} archives, "
+            f"{report.entries} entries from {report.vault} into {c.state_dir}; "
+            f"latest session {latest}"
+            + (f"; {len(report.skipped)} catalogs left out" if report.skipped else "")
+        )
+    if report.skipped:
+        sys.exit(EXIT_PARTIAL)
 
 
 def _read_state(c: Ctx) -> tuple[State, Any]:

@@ -37,7 +37,7 @@ from typing import BinaryIO, Protocol, runtime_checkable
 
 from eventbak.archive.age import Identities
 from eventbak.catalog import marker, store
-from eventbak.catalog.manifest import ManifestEntry, ManifestError, ManifestReader
+from eventbak.catalog.manifest import ArchiveRecord, ManifestEntry, ManifestError, ManifestReader
 from eventbak.core import events as ev
 from eventbak.errors import EventbakError, KeyProblem, UsageError
 from eventbak.statedir import StateDir, log_path
@@ -60,6 +60,8 @@ class Recovered:
     archives: int = 0
     entries: int = 0
     warnings: list[str] = field(default_factory=list)
+    #: catalogs left out, each with why (damaged, not eventbak's, ...)
+    skipped: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -214,12 +216,24 @@ def recover(
                 return vault.get_small(c.key)
 
         for c in found:
-            fetched.append(_fetch(sd.staging, vault, c, identities, read))
+            try:
+                fetched.append(_fetch(sd.staging, vault, c, identities, read))
+            except ManifestError as exc:
+                out.skipped.append(str(exc))
         known: dict[str, str] = {}  # archive id -> its session
         try:
             for f in _in_order(fetched):
+                # a catalog that does not check out is left out, whole, before
+                # anything of it is recorded: the others are still points in time
+                try:
+                    _check_one(vault, f, identities, known)
+                except ManifestError as exc:
+                    out.skipped.append(str(exc))
+                    continue
                 _recover_one(sd, vault, f, identities, known, out)
                 say(f"session {f.catalog.session}: {out.entries} entries so far")
+            if not out.sessions:
+                raise EventbakError(f"nothing recovered: {out.skipped[0]}")
         except BaseException:
             # all or nothing: the log stays empty (its events were only
             # buffered), and so does the state dir's catalog
@@ -301,6 +315,36 @@ def _in_order(fetched: list[_Fetched]) -> Iterator[_Fetched]:
         yield f
 
 
+def _check_one(
+    vault: Vault, f: _Fetched, identities: Identities | None, known: dict[str, str]
+) -> None:
+    """Read the whole catalog once, checking it (ManifestError if it does not
+    check out), before anything of it is recorded."""
+    c = f.catalog
+    name = f"catalog {c.key} in vault {vault.ref}"
+    with open(f.path, "rb") as source:
+        reader = _open(f, source, identities, name)
+        ours = _archives(vault, c, reader, known)
+        for _ in _checked(reader, {**known, **dict.fromkeys(ours, c.session)}, name):
+            pass
+
+
+def _archives(
+    vault: Vault, c: _Catalog, reader: ManifestReader, known: dict[str, str]
+) -> dict[str, ArchiveRecord]:
+    """The catalog's own archives, by id, checked (none listed by another)."""
+    ours: dict[str, ArchiveRecord] = {}
+    for rec in reader.header.archives:
+        if not _ARCHIVE_ID.match(rec.id) or rec.id in ours or rec.id in known:
+            raise ManifestError(f"{reader.name} lists a bad or repeated archive id {rec.id!r}")
+        if not (rec.key.startswith(f"archives/{c.session}/") or vault.ref.startswith("glacier:")):
+            raise ManifestError(
+                f"{reader.name} puts archive {rec.id} at an unexpected key {rec.key!r}"
+            )
+        ours[rec.id] = rec
+    return ours
+
+
 def _recover_one(
     sd: StateDir,
     vault: Vault,
@@ -326,13 +370,7 @@ def _record_session(
     c = f.catalog
     h = reader.header
     name = reader.name
-    ours = {}
-    for rec in h.archives:
-        if not _ARCHIVE_ID.match(rec.id) or rec.id in known or rec.id in ours:
-            raise ManifestError(f"{name} lists a bad or repeated archive id {rec.id!r}")
-        if not (rec.key.startswith(f"archives/{c.session}/") or vault.ref.startswith("glacier:")):
-            raise ManifestError(f"{name} puts archive {rec.id} at an unexpected key {rec.key!r}")
-        ours[rec.id] = rec
+    ours = _archives(vault, c, reader, known)
     seen = {**known, **dict.fromkeys(ours, c.session)}
     s_entries = _checked(reader, seen, name)
     base = h.base if h.base in out.sessions else ""  # a base the vault lost: a full one

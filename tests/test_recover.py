@@ -156,6 +156,38 @@ def test_recover_from_a_local_vault_after_losing_the_state_dir(tmp_path: Path) -
     assert third["point_in_time"]["files"] == second_run["point_in_time"]["files"]
 
 
+def test_a_damaged_catalog_is_left_out_and_the_others_recovered(tmp_path: Path) -> None:
+    """One catalog object damaged in the vault: the sessions whose catalogs
+    check out are recovered (exit 3, the damaged one named); restoring them
+    works. Every catalog damaged: nothing recovered, exit 1."""
+    cli = _cli(tmp_path)
+    src, state, vault = tmp_path / "src", tmp_path / "state", tmp_path / "vault"
+    url = _url(vault)
+    _mixed_tree(src)
+    first = _backup(cli, state, src, url)["session"]
+    before = describe(src)
+    (src / "docs" / "deep" / "new.txt").write_text("added\n")
+    second = _backup(cli, state, src, url)["session"]
+    damaged = vault / "catalog" / f"{second}.mf.zst"
+    data = bytearray(damaged.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    damaged.write_bytes(bytes(data))
+    new_state = tmp_path / "recovered"
+    run = cli("--state-dir", new_state, "recover", "--vault", url)
+    assert run.code == 3, run
+    assert f"catalog/{second}.mf.zst" in run.err and "left out" in run.err
+    assert "Traceback" not in run.err
+    listed = assert_ok(cli("--state-dir", new_state, "sessions", "--json")).json()
+    assert [s["session"] for s in listed] == [first]
+    assert_ok(_restore(cli, new_state, tmp_path / "back"))
+    assert describe(_under(tmp_path / "back", src)) == before
+
+    first_catalog = vault / "catalog" / f"{first}.mf.zst"
+    first_catalog.write_bytes(first_catalog.read_bytes()[:40])  # truncated
+    none_state = tmp_path / "none"
+    assert_error(cli("--state-dir", none_state, "recover", "--vault", url), 1, "nothing recovered")
+
+
 def test_sessions_opened_in_the_same_second_are_recovered_in_order(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -5,6 +5,7 @@
     scripts/bench --only eventbak,restic   # some tools only (also: replay-1M, s3)
     scripts/bench --only s3                # the S3 upload case alone (no tree needed)
     scripts/bench --only encrypted,incompressible,compressible   # the policy cases
+    scripts/bench --only million --runs 1  # 1,000,000 one-byte files (not run by default)
 
 The tree comes from bench/gentree.py (--scale, --seed) and is reused while the
 scale and seed stay the same. Cases, each run --runs times with a warm page
@@ -30,6 +31,15 @@ cache, median reported:
                bytes at scale 1) to a local SeaweedFS against boto3's upload_file
                (s3transfer), same part size and concurrency (--s3-part-size,
                --s3-concurrency: 16 MiB, 4); bench/s3upload.py
+  million      (`--only million`; heavy, so only when named) a tree of
+               --million-files one-byte files (1,000,000 in 1,000 directories,
+               WORKDIR/million/tree, generated once and reused): million-first and
+               million-second (unchanged) for eventbak and restic, each run from a
+               fresh vault and repo; million-one-changed (eventbak: one file rewritten
+               with 2 bytes, then backed up: the files and bytes it stored);
+               million-replay (`replay --verify`) and million-status (`status`) of
+               the state those three sessions leave. `ok`: what each backup says it
+               stored, and one directory (the changed file's) restored and compared
 
 Every output is restored outside the timed region and compared with the
 source, file by file (sha256, symlink targets): the `ok` column. Peak RSS is
@@ -77,7 +87,15 @@ ARCHIVE_MEMBERS = 32_000  # members per archive in the synthetic log
 TOOLS = ("eventbak", "tar-zstd", "tar-xz", "restic", "borg")
 #: cases selected by their own name (--only), each eventbak against one reference
 POLICY_CASES = ("encrypted", "incompressible", "compressible")
-SELECTABLE = (*TOOLS, "replay-1M", "s3", *POLICY_CASES)
+#: cases run only when --only names them (heavy: minutes, a million files on disk)
+OPT_IN = ("million",)
+SELECTABLE = (*TOOLS, "replay-1M", "s3", *POLICY_CASES, *OPT_IN)
+#: the million case's rows, in table order
+MILLION_CASES = (
+    "million-first", "million-second", "million-one-changed", "million-replay", "million-status",
+)  # fmt: skip
+MILLION_PER_DIR = 1000  # files per directory of the million tree
+MILLION_TREE_VERSION = 1  # of make_million_tree's layout and contents (the marker)
 #: the s3-upload case's two sides, in the order of its first round
 S3_TOOLS = ("eventbak", "boto3")
 #: each policy case's reference (the row's tool name)
@@ -97,10 +115,11 @@ NEEDS: dict[str, dict[str, str]] = {
     "encrypted": {"tar": "tar", "zstd": "zstd", "age": "age", "bash": "bash"},
     "incompressible": {"tar": "tar", "cat": "coreutils", "bash": "bash"},
     "compressible": {"tar": "tar", "zstd": "zstd", "bash": "bash"},
+    "million": {"restic": "restic"},  # its restic rows; eventbak's run without it
 }
 CASE_ORDER = (
     "full", "text-subset", "small", "second", "restore", "replay", "replay-1M",
-    *POLICY_CASES, "s3-upload",
+    *MILLION_CASES, *POLICY_CASES, "s3-upload",
 )  # fmt: skip
 
 
@@ -734,6 +753,110 @@ def prepare_tree(work: Path, scale: float, seed: int) -> TreeInfo:
     return TreeInfo(root, files, size, small_files, small_bytes, subset, total)
 
 
+@dataclass
+class MillionTree:
+    root: Path
+    files: int
+    generated_s: float | None  # None: an existing tree was reused
+
+    @property
+    def dirs(self) -> int:
+        return math.ceil(self.files / MILLION_PER_DIR)
+
+    @property
+    def changed_index(self) -> int:
+        """The file million-one-changed rewrites (the middle one)."""
+        return self.files // 2
+
+    def path(self, i: int) -> Path:
+        return self.root / f"d{i // MILLION_PER_DIR:04d}" / f"f{i:07d}"
+
+
+def million_content(i: int) -> bytes:
+    """File i's one byte (a to z in turn)."""
+    return bytes((97 + i % 26,))
+
+
+def make_million_tree(root: Path, n: int) -> None:
+    """`n` one-byte files, MILLION_PER_DIR per directory (d0000/f0000000, ...),
+    written into ROOT.partial and renamed at the end (an interrupted run
+    leaves no half tree under ROOT). ~1 minute for a million."""
+    tmp = root.with_name(root.name + ".partial")
+    rm(tmp)
+    tmp.mkdir(parents=True)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+    contents = [million_content(k) for k in range(26)]
+    for d in range(math.ceil(n / MILLION_PER_DIR)):
+        dpath = os.path.join(tmp, f"d{d:04d}")
+        os.mkdir(dpath)
+        for i in range(d * MILLION_PER_DIR, min(n, (d + 1) * MILLION_PER_DIR)):
+            fd = os.open(f"{dpath}/f{i:07d}", flags, 0o644)
+            try:
+                os.write(fd, contents[i % 26])
+            finally:
+                os.close(fd)
+    os.rename(tmp, root)
+
+
+def prepare_million_tree(work: Path, n: int) -> MillionTree:
+    """WORKDIR/million/tree: generated, or reused while it holds the same `n` files."""
+    base = work / "million"
+    root = (base / "tree").absolute()
+    marker = base / "tree.json"
+    want = {"files": n, "per_dir": MILLION_PER_DIR, "version": MILLION_TREE_VERSION}
+    have = None
+    if marker.exists() and root.is_dir():
+        try:
+            have = json.loads(marker.read_text())
+        except ValueError:
+            have = None
+    took: float | None = None
+    if have != want:
+        rm(marker)
+        if root.exists():
+            print(f"removing the million tree of another size in {root} ...", flush=True)
+            rm(root)
+        print(f"generating {n:,} one-byte files in {root} ...", flush=True)
+        t0 = time.perf_counter()
+        make_million_tree(root, n)
+        took = time.perf_counter() - t0
+        print(f"  generated in {took:.1f} s", flush=True)
+        marker.write_text(json.dumps(want))
+    else:
+        print(f"reusing the million tree in {root} ({n:,} files)", flush=True)
+    tree = MillionTree(root, n, took)
+    # the changed file back to its byte, should an earlier run have stopped before that
+    i = tree.changed_index
+    if tree.path(i).read_bytes() != million_content(i):
+        tree.path(i).write_bytes(million_content(i))
+    return tree
+
+
+def _million_check(tool: str, stage: str, stdout: str, n: int) -> tuple[str, dict[str, Any]]:
+    """('' or what is wrong, eventbak's JSON summary) for one backup of the
+    million tree: what the tool says it stored against what `stage` should store."""
+    if tool == "restic":
+        m = re.search(r"Files:\s+(\d+) new,\s+(\d+) changed,\s+(\d+) unmodified", stdout)
+        if m is None:
+            return "restic printed no `Files:` line", {}
+        new, changed, same = map(int, m.groups())
+        want = (n, 0, 0) if stage == "first" else (0, 0, n)
+        if (new, changed, same) != want:
+            return f"restic: {new} new, {changed} changed, {same} unmodified (want {want})", {}
+        return "", {}
+    summary = json.loads(stdout)
+    stored = {"first": n, "second": 0, "one-changed": 1}[stage]
+    pit = (summary.get("point_in_time") or {}).get("files")
+    if summary.get("files") != stored or pit != n:
+        return (
+            f"eventbak {stage}: stored {summary.get('files')} files (want {stored}), "
+            f"point in time {pit} (want {n})"
+        ), summary
+    if stage == "one-changed" and summary.get("bytes") != 2:
+        return f"eventbak one-changed: stored {summary.get('bytes')} bytes (want 2)", summary
+    return "", summary
+
+
 class Bench:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
@@ -1080,6 +1203,161 @@ class Bench:
         except CmdFailed as exc:
             r.ok, r.error = False, str(exc)
         rm(state.parent)
+
+    def million_case(self, n: int, restic_skipped: str) -> dict[str, Any]:
+        """The million case (see the module's docstring), in rounds: run i
+        takes each tool's first and second backup back to back (the order
+        alternates between runs), then eventbak's one-changed, replay and
+        status. Returns the case's parameters and what one-changed stored."""
+        t = prepare_million_tree(self.work, n)
+        base = self.work / "million" / "out"
+        rm(base)
+        eb = Eventbak(base / "eventbak", self.env, self.eventbak_exe)
+        tools: list[Tool] = [eb]
+        if not restic_skipped:
+            tools.append(Restic(base / "restic", self.env))
+        changed = t.path(t.changed_index)
+        rel = str(changed.relative_to(t.root))
+        info: dict[str, Any] = {
+            "tree": str(t.root), "files": n, "dirs": t.dirs, "per_dir": MILLION_PER_DIR,
+            "generated_s": None if t.generated_s is None else round(t.generated_s, 1),
+            "changed_file": rel, "restic_skipped": restic_skipped, "one_changed": [],
+        }  # fmt: skip
+        rows: dict[tuple[str, str], Row] = {}
+        for tool in tools:
+            rows["million-first", tool.name] = self.row("million-first", tool.name, n, n)
+            rows["million-second", tool.name] = self.row(
+                "million-second", tool.name, n, n, _SECOND_NOTES[tool.name]
+            )
+        one = rows["million-one-changed", "eventbak"] = self.row(
+            "million-one-changed", "eventbak", n, n,
+            f"{rel} rewritten with 2 bytes, then an incremental backup",
+        )  # fmt: skip
+        replay = rows["million-replay", "eventbak"] = self.row(
+            "million-replay", "eventbak", n + 1, 0,
+            "replay --verify of the log of million-first, -second and -one-changed",
+        )  # fmt: skip
+        status = rows["million-status", "eventbak"] = self.row(
+            "million-status", "eventbak", 0, 0, "eventbak status after million-one-changed"
+        )
+        failed: set[str] = set()
+
+        def fail(tool: str, exc: Exception) -> None:
+            failed.add(tool)
+            for (_case, name), r in rows.items():
+                if name == tool and r.ok is None:
+                    r.ok, r.error = False, str(exc)
+            print(f"   {tool} FAILED: {exc}", flush=True)
+
+        def check(r: Row, why: str) -> None:
+            if why and not r.error:
+                r.error = why
+                print(f"   {r.case} / {r.tool}: {why}", flush=True)
+
+        print(
+            f"== million: {n:,} one-byte files in {t.dirs:,} directories; "
+            f"{', '.join(tool.name for tool in tools)}",
+            flush=True,
+        )
+        before = describe(changed.parent)  # the changed file's directory, untouched
+        after: dict[str, tuple[str, ...]] = {}
+        warm([t.root])  # once: every later run follows backups that walked the whole tree
+        for i in range(self.runs):
+            for tool in tools if i % 2 == 0 else tools[::-1]:
+                if tool.name in failed:
+                    continue
+                try:
+                    tool.reset()
+                    size0 = 0
+                    for label, stage in (("m1", "first"), ("m2", "second")):
+                        r = rows[f"million-{stage}", tool.name]
+                        tag = f"million-{stage}-{tool.name}-{i}"
+                        s = self.timed(tool.backup(t.root, label), tag, [], True)
+                        tool.backed_up(label, s.stdout)
+                        if isinstance(tool, Eventbak) and tool.elapsed.get(label):
+                            s.inner_seconds = tool.elapsed[label]
+                        r.samples.append(s)
+                        check(r, _million_check(tool.name, stage, s.stdout, n)[0])
+                        size = du(tool.outputs())
+                        r.output_bytes = size - size0
+                        size0 = size
+                except (CmdFailed, ValueError) as exc:
+                    fail(tool.name, exc)
+            if "eventbak" in failed:
+                continue
+            try:
+                vault0, size0 = du([eb.vault]), du(eb.outputs())
+                changed.write_bytes(b"zz")
+                try:
+                    if not after:
+                        after = describe(changed.parent)
+                    s = self.timed(eb.backup(t.root, "m3"), f"million-one-changed-{i}", [], True)
+                finally:
+                    changed.write_bytes(million_content(t.changed_index))
+                eb.backed_up("m3", s.stdout)
+                s.inner_seconds = eb.elapsed.get("m3") or None
+                one.samples.append(s)
+                why, summary = _million_check("eventbak", "one-changed", s.stdout, n)
+                check(one, why)
+                grew = du([eb.vault]) - vault0
+                one.output_bytes, one.stored_bytes = du(eb.outputs()) - size0, grew
+                stored = {
+                    k: summary.get(k) for k in ("files", "bytes", "bytes_uploaded", "archives")
+                }
+                info["one_changed"].append({**stored, "vault_growth": grew, "s": s.seconds})
+                print(
+                    f"    stored {stored['files']} file(s), {stored['bytes']} B; uploaded "
+                    f"{stored['bytes_uploaded']:,} B; the vault grew by {grew:,} B "
+                    "(archive + manifest)",
+                    flush=True,
+                )
+                log = eb.state / "events.log"
+                replay.input_bytes = log.stat().st_size
+                replay.samples.append(self.timed(eb.replay(eb.state), f"million-replay-{i}", []))
+                argv = [*self.eventbak_exe, "--state-dir", str(eb.state), "status"]
+                s = self.timed(Cmd(argv, self.env), f"million-status-{i}", [], True)
+                status.samples.append(s)
+                head = s.stdout.strip().splitlines()[:1]
+                if not head or eb.sessions["m3"] not in head[0] or "completed" not in head[0]:
+                    check(status, f"eventbak status: {head[0] if head else s.stdout!r}")
+                if i == self.runs - 1:
+                    _ok, why = _replay_ok(eb, eb.state, 3, n + 1)
+                    check(replay, why)
+            except (CmdFailed, ValueError, KeyError) as exc:
+                fail("eventbak", exc)
+        # untimed: the changed file's directory restored from every session and
+        # snapshot of the last run, compared file by file (not the whole million)
+        restored = [
+            ("million-first", "m1", before),
+            ("million-second", "m2", before),
+            ("million-one-changed", "m3", after),
+        ]
+        for tool in tools:
+            if tool.name in failed:
+                continue
+            for case, label, expected in restored:
+                if (case, tool.name) not in rows or rows[case, tool.name].ok is not None:
+                    continue
+                r = rows[case, tool.name]
+                target = self.work / "restore"
+                rm(target)
+                target.mkdir(parents=True)
+                cmd = tool.restore(label, target)
+                what = str(changed.parent)
+                cmd.argv += ["--include", what] if tool.name == "restic" else [what]
+                try:
+                    run_quiet(cmd, f"{tool.name} restore {changed.parent}")
+                    check(r, compare(expected, tool.landing(target, changed.parent), None))
+                except CmdFailed as exc:
+                    check(r, str(exc))
+                rm(target)
+        for r in rows.values():
+            if r.ok is None:
+                r.ok = not r.error and bool(r.samples)
+                if not r.samples and not r.error:
+                    r.error = "not run"
+        rm(base)
+        return info
 
     def s3_case(self) -> dict[str, Any]:
         """eventbak's S3 upload against boto3's upload_file (bench/s3upload.py),
@@ -1492,7 +1770,9 @@ def _target(name: str, passed: bool | None, value: float | None, detail: str) ->
     return {"target": name, "status": status, "value": value, "detail": detail}
 
 
-def targets(rows: list[dict[str, Any]], replay_files: int) -> list[dict[str, Any]]:
+def targets(
+    rows: list[dict[str, Any]], replay_files: int, million: dict[str, Any] | None = None
+) -> list[dict[str, Any]]:
     """The issue's targets, as ratios between rows of this run."""
     out: list[dict[str, Any]] = []
 
@@ -1541,23 +1821,16 @@ def targets(rows: list[dict[str, Any]], replay_files: int) -> list[dict[str, Any
     else:
         out.append(_target(name, None, None, "not measured"))
 
-    name = "second >= restic"
-    a, b = _get(rows, "second", "eventbak"), _get(rows, "second", "restic")
-    if a and b:
-        v = b["median_s"] / a["median_s"]
-        detail = f"eventbak {a['median_s']:.2f} s vs restic {b['median_s']:.2f} s = {v:.2f}x"
-        out.append(_target(name, v >= 1, round(v, 2), f"{detail} restic's speed (want >= 1x)"))
-    else:
-        out.append(_target(name, None, None, "not measured"))
-
-    name = "restore >= restic"
-    a, b = _get(rows, "restore", "eventbak"), _get(rows, "restore", "restic")
-    if a and b:
-        v = b["median_s"] / a["median_s"]
-        detail = f"eventbak {a['median_s']:.2f} s vs restic {b['median_s']:.2f} s = {v:.2f}x"
-        out.append(_target(name, v >= 1, round(v, 2), f"{detail} restic's speed (want >= 1x)"))
-    else:
-        out.append(_target(name, None, None, "not measured"))
+    for case in ("second", "restore"):  # by time: restic's speed at least
+        name = f"{case} >= restic"
+        a, b = _get(rows, case, "eventbak"), _get(rows, case, "restic")
+        if a and b:
+            v = b["median_s"] / a["median_s"]
+            detail = f"eventbak {a['median_s']:.2f} s vs restic {b['median_s']:.2f} s = {v:.2f}x"
+            want = f"{detail} restic's speed (want >= 1x)"
+            out.append(_target(name, v >= 1, round(v, 2), want))
+        else:
+            out.append(_target(name, None, None, "not measured"))
 
     name = "replay 1M files < 3 s"
     r = _get(rows, "replay-1M", "eventbak")
@@ -1573,6 +1846,58 @@ def targets(rows: list[dict[str, Any]], replay_files: int) -> list[dict[str, Any
             "--scale >= 1 or --replay-files 1000000 (synthetic log)"
         )
         out.append(_target(name, None, r["median_s"], detail))
+    out += _million_targets(rows, million)
+    return out
+
+
+def _million_targets(
+    rows: list[dict[str, Any]], million: dict[str, Any] | None
+) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    n = million["files"] if million else 0
+    for case in ("million-first", "million-second", "million-replay", "million-status"):
+        name = f"{case} peak RSS < 200 MiB"
+        r = _get(rows, case, "eventbak")
+        if r is None or not r["peak_rss_mib"]:
+            out.append(_target(name, None, None, "not measured"))
+            continue
+        p = r["peak_rss_mib"]
+        peer = _get(rows, case, "restic")
+        also = f" (restic {peer['peak_rss_mib']:g} MiB)" if peer and peer["peak_rss_mib"] else ""
+        detail = f"eventbak {p:g} MiB{also}, {n:,} files"
+        if n >= 1_000_000:
+            out.append(_target(name, p < 200, p, detail))
+        else:
+            out.append(_target(name, None, p, f"{detail}: the target is for 1,000,000 files"))
+
+    name = "million-one-changed stores 1 file"
+    runs = million["one_changed"] if million else []
+    if not runs:
+        out.append(_target(name, None, None, "not measured"))
+    else:
+        files = [oc["files"] for oc in runs]
+        last = runs[-1]
+        each = "" if len(runs) == 1 else f" (every run: {', '.join(map(str, files))})"
+        r = _get(rows, "million-one-changed", "eventbak")
+        took = f" in {r['median_s']:.2f} s (median)" if r else ""
+        detail = (
+            f"stored {last['files']} file(s){each}, {last['bytes']} B; uploaded "
+            f"{last['bytes_uploaded']:,} B (its archive); the vault grew by "
+            f"{last['vault_growth']:,} B (archive + manifest){took}, of {n:,} files"
+        )
+        out.append(_target(name, all(f == 1 for f in files), last["files"], detail))
+
+    name = "million-second >= restic"
+    a, b = _get(rows, "million-second", "eventbak"), _get(rows, "million-second", "restic")
+    if a and b:
+        v = b["median_s"] / a["median_s"]
+        detail = (
+            f"eventbak {a['median_s']:.2f} s vs restic {b['median_s']:.2f} s = {v:.2f}x "
+            f"restic's speed (want >= 1x), {n:,} files"
+        )
+        out.append(_target(name, v >= 1, round(v, 2), detail))
+    else:
+        out.append(_target(name, None, None, "not measured"))
     return out
 
 
@@ -1687,7 +2012,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--workdir", type=Path, default=Path("bench-out"))
     ap.add_argument("--json", type=Path, help="results file (default WORKDIR/results.json)")
     ap.add_argument(
-        "--only", help=f"comma-separated subset of: {', '.join(SELECTABLE)} (default all)"
+        "--only",
+        help=f"comma-separated subset of: {', '.join(SELECTABLE)} (default all but "
+        f"{', '.join(OPT_IN)})",
     )
     ap.add_argument("--no-install", action="store_true", help="do not apt-get install peers")
     ap.add_argument(
@@ -1704,6 +2031,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="files in the synthetic replay log (default 1,000,000 at scale >= 1, "
         "scaled down, at least 10,000)",
     )
+    ap.add_argument(
+        "--million-files",
+        type=int,
+        default=1_000_000,
+        metavar="N",
+        help="million: one-byte files in the tree, 1,000 per directory (default 1,000,000; "
+        "fewer for a quick run: the memory targets then say n/a)",
+    )
     a = ap.parse_args(argv)
     if a.runs < 1:
         ap.error("--runs must be at least 1")
@@ -1713,7 +2048,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         ap.error("--s3-part-size must be 5 to 5120 (MiB; S3's limits)")
     if not 1 <= a.s3_concurrency <= 64:
         ap.error("--s3-concurrency must be 1 to 64")
-    only = [x.strip() for x in a.only.split(",") if x.strip()] if a.only else list(SELECTABLE)
+    if a.million_files < 2:
+        ap.error("--million-files must be at least 2")
+    only = (
+        [x.strip() for x in a.only.split(",") if x.strip()]
+        if a.only
+        else [x for x in SELECTABLE if x not in OPT_IN]
+    )
     unknown = [x for x in only if x not in SELECTABLE]
     if unknown:
         ap.error(f"--only: unknown {', '.join(unknown)} (choose from {', '.join(SELECTABLE)})")
@@ -1732,7 +2073,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = dt.datetime.now(dt.UTC)
     tools = [t for t in TOOLS if t in args.only]
     policy = [c for c in POLICY_CASES if c in args.only]
-    skipped, install_notes = ensure_tools([*tools, *policy], not args.no_install)
+    heavy = [c for c in OPT_IN if c in args.only]
+    skipped, install_notes = ensure_tools([*tools, *policy, *heavy], not args.no_install)
+    # without restic the million case still runs eventbak's rows (a note, not a skip)
+    million_restic_skipped = skipped.pop("million", "")
     snap = snapshot_eventbak(work)
     pythonpath = os.pathsep.join([snap["snapshot"], *filter(None, [os.environ.get("PYTHONPATH")])])
     bench.env["PYTHONPATH"] = os.environ["PYTHONPATH"] = pythonpath
@@ -1789,6 +2133,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     policy_info = bench.policy_cases(policy_run) if policy_run else {}
     if "eventbak" in args.only or "replay-1M" in args.only:
         bench.replay_1m_case(args.replay_files)
+    million: dict[str, Any] | None = None
+    if "million" in args.only:
+        million = bench.million_case(args.million_files, million_restic_skipped)
     rm(work / "out")
     rm(work / "restore")
     s3: dict[str, Any] | None = None
@@ -1835,11 +2182,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"{pi['input']}; eventbak: {pi['eventbak']}; reference: {pi['reference']} "
                 f"(restored by {pi['reference_restore']}); {_POLICY_NOTES[case]}"
             )
-    if "restic" in ran or "borg" in ran:
+    if "borg" in ran:
         notes.append(
             "restic always encrypts (it cannot be turned off); borg ran with "
             "--encryption=none and eventbak unencrypted"
         )
+    elif "restic" in ran:
+        notes.append("restic always encrypts (it cannot be turned off); eventbak ran unencrypted")
     if "second" in ran:
         notes.append(
             "second (an unchanged run right after the first): eventbak, restic and borg skip "
@@ -1851,6 +2200,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"replay-1M is SYNTHETIC: a format-exact log of {args.replay_files:,} file members "
             "written with eventbak's API (eventbak.core.log.EventLog), not by a real backup"
         )
+    if million is not None:
+        notes += _million_notes(million, args.runs)
     if "tar-xz" in ran:
         sub = bench.tree
         notes.append(
@@ -1903,6 +2254,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "seed": args.seed,
             "runs": args.runs,
             "replay_files": args.replay_files,
+            "million_files": args.million_files,
             "only": args.only,
             "s3_part_size_mib": args.s3_part_size,
             "s3_concurrency": args.s3_concurrency,
@@ -1912,12 +2264,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "eventbak": snap,
         "tree": tree,
         "s3": s3,
+        "million": million,
         "policy": policy_info,
         "cases": _selection(POLICY_CASES, policy, skipped),
         "tools": _selection(TOOLS, tools, skipped),
         "skipped": [{"tool": k, "reason": v} for k, v in skipped.items()],
         "results": rows,
-        "targets": targets(rows, args.replay_files),
+        "targets": targets(rows, args.replay_files, million),
         "notes": notes,
     }
     json_path.parent.mkdir(parents=True, exist_ok=True)
@@ -1926,6 +2279,47 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(report(result))
     print(f"\nJSON: {json_path}")
     return 1 if any(r["ok"] is False for r in rows) else 0
+
+
+def _million_notes(m: dict[str, Any], runs: int) -> list[str]:
+    made = (
+        f"generated in {m['generated_s']:.1f} s"
+        if m["generated_s"] is not None
+        else "reused from an earlier run"
+    )
+    notes = [
+        f"million: {m['files']:,} one-byte files in {m['dirs']:,} directories of "
+        f"{m['per_dir']:,} ({m['tree']}, {made}); each run: million-first into a fresh "
+        "eventbak state dir and vault / a fresh restic repo (restic init untimed), "
+        "million-second (unchanged) right after it, per tool, the order alternating between "
+        f"runs; then eventbak's million-one-changed ({m['changed_file']} rewritten with 2 "
+        "bytes, untimed, its byte put back after the backup), million-replay "
+        "(`replay --verify`) and million-status (`status`, text) of that state dir "
+        "(3 sessions); output MiB of -second and -one-changed is what that run added",
+        "million: ok = what each backup says it stored (eventbak --json files and "
+        "point_in_time.files; restic's `Files: N new, 0 changed, 0 unmodified` line) and, "
+        f"untimed after the last run, the changed file's directory ({m['per_dir']:,} files) "
+        "restored from every session / snapshot and compared file by file with the tree "
+        "(not the whole million: minutes per tool)",
+        "million: the page cache warmed once (every file read) before the first run; every "
+        "later run follows backups that walked the whole tree; `sync` before each",
+    ]
+    if m["restic_skipped"]:
+        notes.append(f"million: restic's rows skipped: {m['restic_skipped']}")
+    for k, oc in enumerate(m["one_changed"]):
+        notes.append(
+            f"million-one-changed run {k + 1} of {runs}: stored {oc['files']} file(s), "
+            f"{oc['bytes']} B (backup --json `bytes`), uploaded {oc['bytes_uploaded']:,} B "
+            f"(`bytes_uploaded`: {oc['archives']} archive); the vault grew by "
+            f"{oc['vault_growth']:,} B (that archive + the session's manifest) in "
+            f"{oc['s']:.2f} s"
+        )
+    if m["files"] < 1_000_000:
+        notes.append(
+            f"million: only {m['files']:,} files (--million-files): the memory targets are "
+            "for 1,000,000 (n/a)"
+        )
+    return notes
 
 
 def _selection(

@@ -66,7 +66,7 @@ import stat
 import tarfile
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
@@ -78,8 +78,8 @@ import zstandard
 
 from eventbak import archive as ar
 from eventbak.archive.age import AgeError, Decrypting, Identities
-from eventbak.catalog.build import entries_of
-from eventbak.catalog.manifest import ManifestEntry, ManifestError
+from eventbak.catalog.build import FromVault, entries_of
+from eventbak.catalog.manifest import ManifestEntry, ManifestError, ManifestReader
 from eventbak.core import events as ev
 from eventbak.core.state import ArchiveState, SessionState, State
 from eventbak.errors import EventbakError, KeyProblem, UsageError, VaultError, VaultUnreachable
@@ -196,7 +196,13 @@ def _pattern_matcher(patterns: list[bytes]) -> Callable[[bytes], bool]:
     return match
 
 
-def plan_restore(state: State, root: Path, patterns: list[bytes], session: str | None) -> Plan:
+def plan_restore(
+    state: State,
+    root: Path,
+    patterns: list[bytes],
+    session: str | None,
+    from_vault: FromVault | None = None,
+) -> Plan:
     """What to extract from which archive. Each chosen session's point in time
     is read as a stream (catalog/build.py `entries_of`: its manifest, or the
     log's member lists over its base); the plan holds only the selected
@@ -212,7 +218,7 @@ def plan_restore(state: State, root: Path, patterns: list[bytes], session: str |
                 plan.missing += arch.count
         try:
             # a later session (of another dataset) holding the same path wins
-            for e in entries_of(state, root, s):
+            for e in entries_of(state, root, s, from_vault):
                 pieces = _pieces(state, s, e)
                 if e.kind == "file":
                     files_by_path[e.path] = pieces
@@ -305,6 +311,32 @@ def _pieces(state: State, s: SessionState, e: ManifestEntry) -> _Pieces:
             m = member(loc.offset, loc.length)
             out.append((a, msgspec.structs.replace(m, source=loc.path) if loc.path else m))
     return out
+
+
+def manifest_from_vault(opener: VaultFor, identities: Identities | None) -> FromVault:
+    """Reads a session's manifest from its vault (the state dir keeps only the
+    latest of each dataset), checked against its record before it is read."""
+
+    def read(s: SessionState) -> Iterator[ManifestEntry]:
+        c = s.catalog
+        assert c is not None
+        name = f"manifest of session {s.id} ({c.key} in {s.vault})"
+        if "age" in c.layers and identities is None:
+            raise KeyProblem(
+                f"the {name} is encrypted: give --identity FILE or set identity_file in "
+                "[encryption]"
+            )
+        data = opener(s.vault).get_small(c.key)
+        if data is None:
+            raise ManifestError(
+                f"the {name} is neither in the state dir nor readable in its vault"
+            )
+        got = hashlib.sha256(data).hexdigest()
+        if got != c.sha256:
+            raise ManifestError(f"the {name} is damaged: sha256 {got}, expected {c.sha256}")
+        yield from ManifestReader(io.BytesIO(data), c.layers, identities, name=name)
+
+    return read
 
 
 # -- vaults ---------------------------------------------------------------------
@@ -1278,7 +1310,37 @@ def restore(
     waiting); with `wait` off, archives that are not readable yet are asked
     for and the restore returns with `pending` set, restoring nothing."""
     started = time.monotonic()
-    plan = plan_restore(state, root, patterns, session)
+    own = VaultResolver(state) if vault_for is None else None
+    opener: VaultFor = vault_for or own  # type: ignore[assignment]
+    try:
+        return _restore(
+            state, root, patterns, to, session, overwrite, opener, tier, thaw_days, poll,
+            wait, report, sleep, identities, started,
+        )  # fmt: skip
+    finally:
+        if own is not None:
+            own.close()
+
+
+def _restore(
+    state: State,
+    root: Path,
+    patterns: list[bytes],
+    to: Path,
+    session: str | None,
+    overwrite: bool,
+    opener: VaultFor,
+    tier: Tier,
+    thaw_days: int,
+    poll: float,
+    wait: bool,
+    report: Callable[[str], None] | None,
+    sleep: Callable[[float], None],
+    identities: Identities | None,
+    started: float,
+) -> RestoreReport:
+    from_vault = manifest_from_vault(opener, identities)
+    plan = plan_restore(state, root, patterns, session, from_vault)
     archives = [a for a, _ in plan.by_archive]
     check_tier(archives, tier)
     check_keys(state, archives, identities)
@@ -1302,23 +1364,17 @@ def restore(
                 f"{ev.show_path(existing[0])}); use --overwrite to replace them"
             )
     sessions = ", ".join(s.id for s in plan.sessions)
-    own = VaultResolver(state) if vault_for is None else None
-    opener: VaultFor = vault_for or own  # type: ignore[assignment]
-    try:
-        vaults: dict[str, Vault] = {}
-        for a in archives:
-            if a.vault not in vaults:
-                vaults[a.vault] = opener(a.vault)
-        fetches = fetches_for(archives, vaults)
-        opts = ThawOptions(tier, thaw_days, poll, wait)
-        pending = thaw(fetches, opts, report or (lambda line: None), sleep)
-        if pending:
-            elapsed = time.monotonic() - started
-            return RestoreReport(sessions, 0, 0, elapsed, plan.warnings, pending=pending)
-        damaged = _extract_all(plan, fetches, ex, identities)
-    finally:
-        if own is not None:
-            own.close()
+    vaults: dict[str, Vault] = {}
+    for a in archives:
+        if a.vault not in vaults:
+            vaults[a.vault] = opener(a.vault)
+    fetches = fetches_for(archives, vaults)
+    opts = ThawOptions(tier, thaw_days, poll, wait)
+    pending = thaw(fetches, opts, report or (lambda line: None), sleep)
+    if pending:
+        elapsed = time.monotonic() - started
+        return RestoreReport(sessions, 0, 0, elapsed, plan.warnings, pending=pending)
+    damaged = _extract_all(plan, fetches, ex, identities)
     return RestoreReport(
         sessions,
         ex.files + len(plan.dirs),

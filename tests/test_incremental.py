@@ -503,13 +503,59 @@ def test_restore_in_place_with_to_slash(tmp_path: Path) -> None:
     assert describe(src) == want
 
 
-def test_a_missing_manifest_copy_is_named_not_an_empty_restore(tmp_path: Path) -> None:
-    src, state, vault = tmp_path / "src", tmp_path / "state", tmp_path / "vault"
-    _small_tree(src)
-    done = backup(state, vault, [src])
-    copy = state / "catalog" / f"{done.session.id}.mf.zst"
-    copy.unlink()
+def test_older_manifests_are_read_from_the_vault_once_pruned(tmp_path: Path) -> None:
+    """The state dir keeps the manifest of the latest session of a lineage
+    (the next one's base); older points in time are read from the vault,
+    checked against the log; gone from both, the restore names it."""
     from eventbak.errors import EventbakError
 
-    with pytest.raises(EventbakError, match=r"manifest of session .* cannot be read"):
-        restore_all(state, tmp_path / "back")
+    src, state, vault = tmp_path / "src", tmp_path / "state", tmp_path / "vault"
+    _small_tree(src)
+    first = backup(state, vault, [src]).session.id
+    before = describe(src)
+    (src / "docs" / "a.txt").write_text("changed\n")
+    second = backup(state, vault, [src]).session.id
+    assert sorted(p.name for p in (state / "catalog").iterdir()) == [f"{second}.mf.zst"]
+    assert _restored(state, tmp_path / "then", src, first) == before
+    assert _restored(state, tmp_path / "now", src) == describe(src)
+    (vault / "catalog" / f"{first}.mf.zst").unlink()
+    with pytest.raises(EventbakError, match=rf"manifest of session {first} .* neither"):
+        restore_all(state, tmp_path / "again", session=first)
+    (state / "catalog" / f"{second}.mf.zst").write_bytes(b"damaged")
+    with pytest.raises(EventbakError, match=rf"manifest of session {second} .* cannot be read"):
+        restore_all(state, tmp_path / "latest")
+
+
+@pytest.mark.slow
+def test_an_older_encrypted_manifest_needs_the_identity_to_be_read_from_the_vault(
+    tmp_path: Path,
+) -> None:
+    import subprocess
+    import sys
+
+    from eventbak.archive import age
+
+    secret, recipient = age.generate()
+    identity = tmp_path / "id.txt"
+    identity.write_text(secret + "\n")
+    src, state, vault = tmp_path / "src", tmp_path / "state", tmp_path / "vault"
+    _small_tree(src)
+    first = cu.run(state, vault, src, "--recipient", recipient)
+    assert first.returncode == 0, first.stderr
+    before = describe(src)
+    (src / "docs" / "a.txt").write_text("changed\n")
+    assert cu.run(state, vault, src, "--recipient", recipient).returncode == 0
+    sessions = list(read_state(state)[0].sessions)
+
+    def restore(*extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "eventbak", "--state-dir", str(state), "restore",
+             "--session", sessions[0], *extra],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+
+    without = restore("--to", str(tmp_path / "no"))
+    assert without.returncode == 6 and "--identity" in without.stderr, without.stderr
+    done = restore("--to", str(tmp_path / "yes"), "--identity", str(identity))
+    assert done.returncode == 0, done.stderr
+    assert describe(tmp_path / "yes" / str(src).lstrip("/")) == before

@@ -104,10 +104,13 @@ def check_manifest_is_the_tree(state_dir: Path, session: str, roots: list[Path])
     import stat as st_
 
     from eventbak.catalog.build import entries_of
+    from eventbak.restore import VaultResolver, manifest_from_vault
     from eventbak.statedir import read_state
 
     state, _ = read_state(state_dir)
-    entries = list(entries_of(state, state_dir, state.sessions[session]))
+    with VaultResolver(state) as vaults:  # older manifests are the vault's only
+        from_vault = manifest_from_vault(vaults, None)
+        entries = list(entries_of(state, state_dir, state.sessions[session], from_vault))
     want: dict[bytes, tuple[object, ...]] = {}
     for root in roots:
         for dirpath, dirs, files in os.walk(os.fsencode(root)):

@@ -155,18 +155,27 @@ def session_entries(
     return point_in_time(base, own_copies(state, root, session, states), dict(s.deleted))
 
 
-def entries_of(state: State, root: Path, s: SessionState) -> Iterable[ManifestEntry]:
-    """A session's point in time, for reading it: the state dir's copy of its
-    manifest when one is on record (checked against the record; missing or
-    damaged: ManifestError naming it), else built from the log (uploaded
-    archives) over its base's, found the same way."""
+#: Reads a session's manifest from its vault (the state dir keeps the latest only).
+FromVault = Callable[[SessionState], Iterable[ManifestEntry]]
+
+
+def entries_of(
+    state: State, root: Path, s: SessionState, from_vault: FromVault | None = None
+) -> Iterable[ManifestEntry]:
+    """A session's point in time, for reading it: its manifest when one is on
+    record, the state dir's copy (checked against the record) or, once that
+    was pruned, the vault's through `from_vault` (missing or damaged:
+    ManifestError naming it); else built from the log (uploaded archives)
+    over its base's, found the same way."""
     if s.catalog is not None and s.catalog.local_sha256:
+        if from_vault is not None and not store.local_path(root, s.id).exists():
+            return from_vault(s)
         return store.read_local(root, s)
 
     def open_base(base: str) -> Iterable[ManifestEntry]:
         b = state.sessions.get(base)
         if b is None:
             raise ManifestError(f"session {s.id} builds on {base}, which the log does not hold")
-        return entries_of(state, root, b)
+        return entries_of(state, root, b, from_vault)
 
     return session_entries(state, root, s.id, open_base)

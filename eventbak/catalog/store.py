@@ -36,7 +36,7 @@ from eventbak.catalog.manifest import (
     ManifestReader,
     ManifestWriter,
 )
-from eventbak.core.state import ArchiveState, SessionState
+from eventbak.core.state import SESSION_FINAL, ArchiveState, SessionState, State
 from eventbak.fsutil import fsync_dir, private_dir
 
 CATALOG_DIR = "catalog"
@@ -100,6 +100,26 @@ def _finish(hashing: _Hashing, f: io.BufferedReader) -> str:
     while chunk := f.read(1 << 20):
         hashing.sha.update(chunk)
     return hashing.sha.hexdigest()
+
+
+def prune(root: Path, state: State, keep: SessionState) -> list[str]:
+    """Remove the state dir's copies of the manifests of the sessions before
+    `keep` of its lineage (same dataset, roots and vault: what a next
+    session builds on is `keep`, completed). The vault holds them all, and
+    restore reads them there (not from a Glacier vault: reading one takes a
+    retrieval job, so there every copy stays). Returns the sessions whose
+    copies went."""
+    gone: list[str] = []
+    if keep.vault.startswith("glacier://"):
+        return gone
+    for s in state.sessions.values():
+        if s.id == keep.id:
+            break
+        same = s.dataset == keep.dataset and s.paths == keep.paths and s.vault == keep.vault
+        if same and s.state in SESSION_FINAL and local_path(root, s.id).exists():
+            local_path(root, s.id).unlink()
+            gone.append(s.id)
+    return gone
 
 
 @dataclass

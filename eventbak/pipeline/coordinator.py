@@ -489,6 +489,10 @@ class Session:
             )
         )
         self.sd.commit()
+        # the next session builds on this one: older manifests are read from the
+        # vault (a copy that cannot be removed now is removed next time)
+        with contextlib.suppress(OSError):
+            store.prune(self.sd.root, self.sd.state, session)
         return Outcome(
             session,
             elapsed,

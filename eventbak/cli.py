@@ -18,9 +18,8 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import click
-import trio
 
-from eventbak import __version__
+from eventbak import __version__, runner
 from eventbak.config import (
     DEFAULT_ARCHIVE_SIZE,
     Compression,
@@ -37,13 +36,11 @@ from eventbak.core.log import TornTail, head_of, iter_log
 from eventbak.core.state import IllegalTransition, SessionState, State, apply, describe_machines
 from eventbak.errors import EXIT_PARTIAL, EventbakError, LogCorrupt, UsageError
 from eventbak.keys import (
-    has_passphrase_key,
     identities_for,
     passphrase_identities,
     passphrase_recipient,
     recipients_for,
     recover_passphrase_keys,
-    store_passphrase_keys,
     write_identity,
 )
 from eventbak.pipeline.coordinator import (
@@ -52,11 +49,8 @@ from eventbak.pipeline.coordinator import (
     Outcome,
     Progress,
     RunOptions,
-    catch_signals_early,
-    find_unfinished,
     parse_duration,
     parse_until,
-    run_backup,
     vault_ref,
 )
 from eventbak.pipeline.scanner import normalize_roots
@@ -349,65 +343,62 @@ def backup(
     reqs = _requests(c, paths, vault, archive_size, compression, recipient, rule)
     deadline = _deadline(until, max_duration)
     options = RunOptions(deadline=deadline, grace=grace, new_session=new_session)
-    catch_signals_early()
-    sd = StateDir.open(c.state_dir)
-    outcomes: list[Outcome] = []
-    try:
+
+    def opened(sd: StateDir) -> None:
         if sd.torn is not None:
             click.echo(
                 f"eventbak: warning: cut a torn record at offset {sd.torn.offset} off the end "
                 f"of the event log ({sd.torn.dropped} bytes: {sd.torn.reason})",
                 err=True,
             )
-        for req in reqs:
-            if not as_json:
-                click.echo(f"state dir: {c.state_dir}")
-                click.echo(f"vault:     {req.vault_url}")
-            previous = find_unfinished(sd, req)
-            if previous is not None and not as_json and not (req.full and not new_session):
-                if new_session:
-                    click.echo(f"abandoning unfinished session {previous.id}")
-                else:
-                    why = ", ".join(previous.pauses + ["crash"] * previous.crashes)
-                    click.echo(
-                        f"resuming session {previous.id} ({previous.state}"
-                        + (f"; interrupted before: {why}" if why else "")
-                        + f"): {previous.files} files, {_human(previous.bytes)} already safe, "
-                        f"{previous.archives_uploaded} archives uploaded"
-                    )
-            show = _ProgressLine() if (not as_json and sys.stderr.isatty()) else None
-            vault_obj = open_vault(req.vault_url, req.vault_options)
-            try:
-                if has_passphrase_key(c.state_dir, req.recipients):
-                    vault_obj.prepare()  # a new vault exists before its first key goes in
-                    store_passphrase_keys(c.state_dir, req.recipients, vault_obj)
-                outcome = trio.run(run_backup, sd, req, vault_obj, show, options)
-            finally:
-                vault_obj.close()
-            if show:
-                show.done()
-            outcomes.append(outcome)
-            if not as_json:
-                _print_outcome(outcome)
-                if c.verbose:
-                    for a in sd.state.archives_of(outcome.session.id):
-                        click.echo(
-                            f"  archive {a.id} {a.state}: {_human(a.size)}, "
-                            f"{a.count} members, sha256 {a.sha256[:16]}"
-                            + (f" ({a.discard_reason})" if a.discard_reason else "")
-                        )
-            if outcome.paused_for and not outcome.error:
-                break  # a signal or deadline stops the whole run; an error only its dataset
-    finally:
-        sd.close()
+
+    shown: list[_ProgressLine] = []
+
+    def starting(req: BackupRequest, previous: SessionState | None) -> None:
+        if as_json:
+            return
+        click.echo(f"state dir: {c.state_dir}")
+        click.echo(f"vault:     {req.vault_url}")
+        if previous is None or (req.full and not new_session):
+            return
+        if new_session:
+            click.echo(f"abandoning unfinished session {previous.id}")
+        else:
+            why = ", ".join(previous.pauses + ["crash"] * previous.crashes)
+            click.echo(
+                f"resuming session {previous.id} ({previous.state}"
+                + (f"; interrupted before: {why}" if why else "")
+                + f"): {previous.files} files, {_human(previous.bytes)} already safe, "
+                f"{previous.archives_uploaded} archives uploaded"
+            )
+
+    def progress(req: BackupRequest) -> _ProgressLine | None:
+        show = _ProgressLine() if (not as_json and sys.stderr.isatty()) else None
+        shown[:] = [show] if show else []
+        return show
+
+    def finished(outcome: Outcome, sd: StateDir) -> None:
+        for show in shown:
+            show.done()
+        if as_json:
+            return
+        _print_outcome(outcome)
+        if c.verbose:
+            for a in sd.state.archives_of(outcome.session.id):
+                click.echo(
+                    f"  archive {a.id} {a.state}: {_human(a.size)}, "
+                    f"{a.count} members, sha256 {a.sha256[:16]}"
+                    + (f" ({a.discard_reason})" if a.discard_reason else "")
+                )
+
+    hooks = runner.Hooks(starting=starting, progress=progress, finished=finished)
+    report = runner.run(c.state_dir, reqs, options, hooks, opened=opened)
     if as_json:
-        out: Any = [_summary(o) for o in outcomes]
+        out: Any = [_summary(o) for o in report.outcomes]
         click.echo(json.dumps(out[0] if len(out) == 1 else out, indent=2))
-    failed = [o for o in outcomes if o.error]
-    if failed:
-        sys.exit(failed[0].exit_code)
-    if any(not special for o in outcomes for special in _specials(o)):
-        sys.exit(EXIT_PARTIAL)
+    code = runner.exit_code(report.outcomes)
+    if code:
+        sys.exit(code)
 
 
 def _deadline(until: str | None, max_duration: str | None) -> float | None:
@@ -422,14 +413,6 @@ def _deadline(until: str | None, max_duration: str | None) -> float | None:
             f"--{'until' if until and 'time of day' in str(exc) else 'max-duration'}: {exc}"
         ) from None
     return min(times) if times else None
-
-
-def _specials(o: Outcome) -> list[bool]:
-    # True for skipped special files (by design), False for read failures
-    return [r in _SPECIAL_REASONS for r in o.session.skipped.values()]
-
-
-_SPECIAL_REASONS = {"fifo", "socket", "character device", "block device", "special file"}
 
 
 def _print_outcome(o: Outcome) -> None:

@@ -21,8 +21,9 @@ import trio
 from eventbak import inventory
 from eventbak.config import Compression
 from eventbak.core import events as ev
-from eventbak.pipeline.coordinator import BackupRequest, run_backup
+from eventbak.pipeline.coordinator import BackupRequest
 from eventbak.pipeline.scanner import normalize_roots
+from eventbak.runner import run_backup
 from eventbak.statedir import StateDir, read_state
 from eventbak.vaults.url import parse_vault
 from tests import servers

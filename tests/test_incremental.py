@@ -454,8 +454,9 @@ def test_a_change_of_recipients_starts_a_full_session(tmp_path: Path) -> None:
 
     from eventbak.archive import age
     from eventbak.config import Compression
-    from eventbak.pipeline.coordinator import BackupRequest, run_backup
+    from eventbak.pipeline.coordinator import BackupRequest
     from eventbak.pipeline.scanner import normalize_roots
+    from eventbak.runner import run_backup
     from eventbak.statedir import StateDir
     from eventbak.vaults import open_vault
 

@@ -634,8 +634,8 @@ def test_from_a_glacier_vault(
 
     from eventbak.config import Compression
     from eventbak.pipeline.coordinator import BackupRequest
-    from eventbak.pipeline.coordinator import run_backup as run
     from eventbak.pipeline.scanner import normalize_roots
+    from eventbak.runner import run_backup as run
     from eventbak.statedir import StateDir
     from eventbak.vaults.url import parse_vault
     from tests.test_glacier_vault import MotoGlacierVault, new_name

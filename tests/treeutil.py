@@ -10,9 +10,10 @@ from pathlib import Path
 import trio
 
 from eventbak.config import Compression
-from eventbak.pipeline.coordinator import BackupRequest, Outcome, run_backup
+from eventbak.pipeline.coordinator import BackupRequest, Outcome
 from eventbak.pipeline.scanner import normalize_roots
 from eventbak.restore import RestoreReport, restore
+from eventbak.runner import run_backup
 from eventbak.statedir import StateDir
 from eventbak.vaults import open_vault
 

@@ -38,12 +38,12 @@ import datetime as dt
 import os
 import re
 import secrets
-import signal
 import socket
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import trio
 
@@ -110,11 +110,20 @@ class BackupRequest:
         )
 
 
+class StopRouter(Protocol):
+    """Who routes stop requests (signals) to the session running (runner.py)."""
+
+    def attach(self, session: Session) -> None: ...
+
+
 @dataclass(frozen=True)
 class RunOptions:
     """How this run may be stopped (none of it is part of the session)."""
 
     deadline: float | None = None  # time.time() at which to pause
+    #: the deadline on Trio's clock (trio.current_time()), set by the runner
+    #: from `deadline` when its run starts
+    stop_at: float | None = None
     grace: float = DEFAULT_GRACE  # seconds from a stop request to cancellation
     signals: bool = True  # watch SIGTERM/SIGINT (main thread only)
     new_session: bool = False  # abandon an unfinished session instead of resuming
@@ -153,10 +162,10 @@ def new_session_id() -> str:
     return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(4)
 
 
-def _first_error(exc: BaseException) -> BaseException:
+def first_error(exc: BaseException) -> BaseException:
     """The most telling exception inside (nested) exception groups."""
     if isinstance(exc, BaseExceptionGroup):
-        inner = [_first_error(e) for e in exc.exceptions]
+        inner = [first_error(e) for e in exc.exceptions]
         for e in inner:
             if isinstance(e, EventbakError | OSError):
                 return e
@@ -188,7 +197,7 @@ class Session:
         vault: Vault,
         on_progress: Callable[[Progress], None] | None = None,
         options: RunOptions | None = None,
-        stopper: Stopper | None = None,
+        stopper: StopRouter | None = None,
     ) -> None:
         self.sd = sd
         self.stopper = stopper
@@ -244,8 +253,8 @@ class Session:
         if self._work_scope is not None:
             self._work_scope.cancel()
 
-    async def _watch_deadline(self, deadline: float) -> None:
-        await trio.sleep(max(0.0, deadline - time.time()))
+    async def _watch_deadline(self, stop_at: float) -> None:
+        await trio.sleep_until(stop_at)
         self.request_stop("deadline")
 
     # -- recovery ------------------------------------------------------------
@@ -440,8 +449,11 @@ class Session:
                 self._nursery = outer
                 if self.stopper is not None:
                     self.stopper.attach(self)
-                if self.options.deadline is not None:
-                    outer.start_soon(self._watch_deadline, self.options.deadline)
+                stop_at = self.options.stop_at
+                if stop_at is None and self.options.deadline is not None:
+                    stop_at = trio.current_time() + max(0.0, self.options.deadline - time.time())
+                if stop_at is not None:
+                    outer.start_soon(self._watch_deadline, stop_at)
                 if self.on_progress is not None:
                     outer.start_soon(self._progress, 0.5)
                 with trio.CancelScope() as self._work_scope:
@@ -453,7 +465,7 @@ class Session:
                         await self._store_catalog()
                 outer.cancel_scope.cancel()
         except BaseException as exc:
-            first = _first_error(exc)
+            first = first_error(exc)
             if not isinstance(first, EventbakError | OSError):
                 raise
             error = first
@@ -677,85 +689,13 @@ def _session_request(s: SessionState, req: BackupRequest) -> BackupRequest:
     )
 
 
-class Stopper:
-    """Routes stop requests (signals) to the session that is running, and
-    remembers one that comes before any session does."""
-
-    def __init__(self, reason: str = "") -> None:
-        self.reason = reason
-        self.session: Session | None = None
-
-    def attach(self, session: Session) -> None:
-        self.session = session
-        if self.reason:
-            session.request_stop(self.reason)
-
-    def request(self, reason: str) -> None:
-        if self.session is not None:
-            self.session.request_stop(reason)
-        elif not self.reason:
-            self.reason = reason
-
-    async def watch_signals(
-        self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
-    ) -> None:
-        # Drains signals for the whole run, so a second SIGTERM never reaches
-        # the default handler (which would kill us mid-shutdown).
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-            task_status.started()
-            async for signum in signals:
-                self.request(f"signal {signal.Signals(signum).name}")
-
-
-_early_signals: list[str] = []
-
-
-def catch_signals_early() -> None:
-    """Until the Trio watcher takes over, remember SIGTERM/SIGINT instead of
-    dying: a signal during start-up then pauses the session at once."""
-
-    def remember(signum: int, frame: object) -> None:
-        _early_signals.append(f"signal {signal.Signals(signum).name}")
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, remember)
-
-
-async def run_backup(
-    sd: StateDir,
-    req: BackupRequest,
-    vault: Vault,
-    on_progress: Callable[[Progress], None] | None = None,
-    options: RunOptions | None = None,
-) -> Outcome:
-    """Run (or resume) the session for `req` until it completes or pauses."""
-    options = options or RunOptions()
-    stopper = Stopper(_early_signals[0] if _early_signals else "")
-    outcome: Outcome | None = None
-    try:
-        async with trio.open_nursery() as nursery:
-            if options.signals and threading.current_thread() is threading.main_thread():
-                await nursery.start(stopper.watch_signals)
-            try:
-                outcome = await _run_backup(sd, req, vault, on_progress, options, stopper)
-            finally:
-                nursery.cancel_scope.cancel()
-    except BaseExceptionGroup as group:
-        first = _first_error(group)
-        if isinstance(first, EventbakError):
-            raise first from None  # a user-facing error, not a nursery's wrapping
-        raise
-    assert outcome is not None
-    return outcome
-
-
-async def _run_backup(
+async def run_session(
     sd: StateDir,
     req: BackupRequest,
     vault: Vault,
     on_progress: Callable[[Progress], None] | None,
     options: RunOptions,
-    stopper: Stopper,
+    stopper: StopRouter | None = None,
 ) -> Outcome:
     await trio.to_thread.run_sync(vault.prepare)
     await trio.to_thread.run_sync(marker.ensure, vault)

@@ -654,7 +654,7 @@ def _read_state(c: Ctx) -> tuple[State, Any]:
     if not log_path(c.state_dir).exists():
         raise UsageError(f"no event log in {c.state_dir} (nothing backed up yet?)")
     try:
-        return read_state(c.state_dir)
+        return read_state(c.state_dir, from_checkpoint=True)
     except IllegalTransition as exc:
         raise EventbakError(f"event log {log_path(c.state_dir)}: {exc}") from None
 

@@ -11,14 +11,23 @@ buffering it, so an illegal event raises and is never written.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from eventbak.core import checkpoint
 from eventbak.core import events as ev
-from eventbak.core.log import EventLog, LogImage, TornTail, read_event_at, read_log
+from eventbak.core.log import (
+    EventLog,
+    LogImage,
+    TornTail,
+    check_frames,
+    read_event_at,
+    read_log,
+)
 from eventbak.core.state import ArchiveState, State, apply
 from eventbak.errors import LockedError, LogCorrupt, UsageError
 from eventbak.fsutil import private_dir
@@ -30,10 +39,16 @@ def log_path(root: Path) -> Path:
     return root / LOG_NAME
 
 
-def read_state(root: Path, until: int | None = None) -> tuple[State, LogImage]:
-    """Fold the log without taking the lock or changing anything (read-only commands)."""
-    image = read_log(log_path(root), until)
-    state = State()
+def read_state(
+    root: Path, until: int | None = None, from_checkpoint: bool = False
+) -> tuple[State, LogImage]:
+    """Fold the log without taking the lock or changing anything (read-only
+    commands). `from_checkpoint`: from the checkpoint when one fits the log
+    (the image then holds the records after it only; not with `until`)."""
+    use = from_checkpoint and until is None
+    cp = checkpoint.load(root, log_path(root)) if use else None
+    state, start, seq = (cp.state, cp.offset, cp.seq) if cp is not None else (State(), 0, 0)
+    image = read_log(log_path(root), until, start=start, seq=seq)
     for rec in image.records:
         apply(state, rec.event, rec.offset)
     return state, image
@@ -77,8 +92,16 @@ class StateDir:
         lock_fd = _lock(root / "lock")
         log: EventLog | None = None
         try:
-            log, image = EventLog.open(log_path(root))
-            state = State()
+            cp = checkpoint.load(root, log_path(root))
+            if cp is not None:
+                # never append to a log damaged before the checkpoint: its
+                # frames are checked (not decoded, not folded)
+                check_frames(log_path(root), cp.offset)
+                log, image = EventLog.open(log_path(root), cp.offset, cp.seq, cp.last)
+                state = cp.state
+            else:
+                log, image = EventLog.open(log_path(root))
+                state = State()
             for rec in image.records:
                 apply(state, rec.event, rec.offset)
         except BaseException:
@@ -106,7 +129,19 @@ class StateDir:
     def commit(self) -> None:
         self.log.commit()
 
+    def checkpoint(self) -> None:
+        """Keep the folded state beside the log (core/checkpoint.py), if every
+        event it holds is durable."""
+        log = self.log
+        if log.pending or log.last_offset < 0:
+            return
+        head = log.frame_head(log.last_offset)
+        checkpoint.save(self.root, self.state, log.durable_end, log.seq, log.last_offset, head)
+
     def close(self) -> None:
+        if self._lock_fd >= 0:
+            with contextlib.suppress(OSError):
+                self.checkpoint()
         self.log.close()
         if self._lock_fd >= 0:
             os.close(self._lock_fd)

@@ -98,9 +98,19 @@ def _valid_frame_after(data: memoryview, pos: int) -> int:
 
 
 def _scan(
-    path: Path, data: memoryview, until: int | None, decoder: msgspec.msgpack.Decoder[Any]
+    path: Path,
+    data: memoryview,
+    until: int | None,
+    decoder: msgspec.msgpack.Decoder[Any],
+    base: int = 0,
+    seq: int = 0,
 ) -> Iterator[Record | TornTail]:
-    """Records of a log image; a torn tail is yielded last, corruption raises."""
+    """Records of a log image; a torn tail is yielded last, corruption raises.
+    With `base` > 0, `data` is the log from that offset on (the records after
+    a checkpoint, the first of them numbered `seq` + 1)."""
+    if base:
+        yield from _records(path, data, until, decoder, base, seq)
+        return
     if len(data) < len(HEADER):
         if bytes(data) != HEADER[: len(data)]:
             raise UsageError(f"{path} is not an eventbak event log")
@@ -115,25 +125,36 @@ def _scan(
             f"{path} has log format version {version}; this eventbak reads version "
             f"{FORMAT_VERSION} (upgrade eventbak)"
         )
-    pos = len(HEADER)
-    seq = 0
+    yield from _records(path, data[len(HEADER) :], until, decoder, len(HEADER), 0)
+
+
+def _records(
+    path: Path,
+    data: memoryview,
+    until: int | None,
+    decoder: msgspec.msgpack.Decoder[Any],
+    base: int,
+    seq: int,
+) -> Iterator[Record | TornTail]:
+    """The frames of `data`, which starts at file offset `base` on a record."""
+    pos = 0
     while pos < len(data):
         if until is not None and seq >= until:
             return
         end, why = _frame_at(data, pos)
         if end < 0:
             if _valid_frame_after(data, pos) >= 0:
-                raise LogCorrupt(str(path), pos, why)
-            yield TornTail(pos, len(data) - pos, why)
+                raise LogCorrupt(str(path), base + pos, why)
+            yield TornTail(base + pos, len(data) - pos, why)
             return
-        event = _decode(decoder, data[pos + FRAME.size : end], path, pos)
+        event = _decode(decoder, data[pos + FRAME.size : end], path, base + pos)
         if isinstance(event, ev.ArchiveSealedHead) and event.count == 0:
             # written before the summary fields existed: compute them once
-            full = _decode(_decoder, data[pos + FRAME.size : end], path, pos)
+            full = _decode(_decoder, data[pos + FRAME.size : end], path, base + pos)
             assert isinstance(full, ev.ArchiveSealed)
             event = head_of(full)
         seq += 1
-        yield Record(seq, pos, event)
+        yield Record(seq, base + pos, event)
         pos = end
 
 
@@ -147,26 +168,34 @@ class LogImage:
 
 
 def iter_log(
-    path: Path, until: int | None = None, full: bool = False
+    path: Path, until: int | None = None, full: bool = False, start: int = 0, seq: int = 0
 ) -> Iterator[Record | TornTail]:
     """The records of the log at `path`, one at a time (a torn tail last);
     corruption raises when it is reached. Member lists are skipped
-    (`ArchiveSealedHead`) unless `full`."""
+    (`ArchiveSealedHead`) unless `full`. With `start`, only the records from
+    that offset on are read (after a checkpoint: the first is number `seq` + 1)."""
     try:
-        raw = path.read_bytes()
+        with open(path, "rb") as f:
+            if start:
+                f.seek(start)
+            raw = f.read()
     except FileNotFoundError:
         return
-    yield from _scan(path, memoryview(raw), until, _decoder if full else _head_decoder)
+    decoder = _decoder if full else _head_decoder
+    yield from _scan(path, memoryview(raw), until, decoder, start, seq)
 
 
-def read_log(path: Path, until: int | None = None, full: bool = False) -> LogImage:
+def read_log(
+    path: Path, until: int | None = None, full: bool = False, start: int = 0, seq: int = 0
+) -> LogImage:
     """Read (never modify) the log at `path`. A missing file is an empty log.
 
     Archive member lists are skipped (`ArchiveSealedHead`) unless `full`:
-    load them one archive at a time with `read_event_at`."""
+    load them one archive at a time with `read_event_at`. With `start`, the
+    records from that offset on (see `iter_log`)."""
     records: list[Record] = []
     torn: TornTail | None = None
-    for item in iter_log(path, until, full):
+    for item in iter_log(path, until, full, start, seq):
         if isinstance(item, TornTail):
             torn = item
         else:
@@ -176,6 +205,27 @@ def read_log(path: Path, until: int | None = None, full: bool = False) -> LogIma
     except FileNotFoundError:
         size = 0
     return LogImage(records, torn, size)
+
+
+def check_frames(path: Path, end: int) -> None:
+    """Every record before `end` has a whole frame and the right CRC
+    (LogCorrupt naming the first that does not): what a writer checks of the
+    part of the log a checkpoint stands for, without decoding it."""
+    with open(path, "rb") as f:
+        if f.read(len(HEADER)) != HEADER:
+            raise LogCorrupt(str(path), 0, "not an eventbak event log header")
+        pos = len(HEADER)
+        while pos < end:
+            head = f.read(FRAME.size)
+            if len(head) < FRAME.size:
+                raise LogCorrupt(str(path), pos, "incomplete frame header")
+            length, crc = FRAME.unpack(head)
+            if length > MAX_RECORD or pos + FRAME.size + length > end:
+                raise LogCorrupt(str(path), pos, f"implausible record length {length}")
+            payload = f.read(length)
+            if zlib.crc32(payload, zlib.crc32(head[:4])) != crc:
+                raise LogCorrupt(str(path), pos, "checksum mismatch")
+            pos += FRAME.size + length
 
 
 def read_event_at(path: Path, offset: int) -> ev.Event:
@@ -233,13 +283,19 @@ class EventLog:
         self._buffer: list[bytes] = []
         self._buffered = 0
         self.seq = 0
+        #: where the last record appended starts (-1: none)
+        self.last_offset = -1
 
     @classmethod
-    def open(cls, path: Path) -> tuple[EventLog, LogImage]:
+    def open(
+        cls, path: Path, start: int = 0, seq: int = 0, last: int = -1
+    ) -> tuple[EventLog, LogImage]:
         """Open for appending; a torn tail is cut off (the caller records that:
-        see `LogImage.torn`). Returns the log and what it held, to fold.
+        see `LogImage.torn`). Returns the log and what it held, to fold: with
+        `start` (a checkpoint's end), the records after it only (`seq`: how
+        many came before; `last`: where the last of them starts).
         """
-        image = read_log(path)
+        image = read_log(path, start=start, seq=seq)
         path.parent.mkdir(parents=True, exist_ok=True)
         created = not path.exists()
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
@@ -260,12 +316,14 @@ class EventLog:
             os.close(fd)
             raise
         log = cls(path, fd, size)
-        log.seq = len(image.records)
+        log.seq = seq + len(image.records)
+        log.last_offset = image.records[-1].offset if image.records else last
         return log, image
 
     def append(self, event: ev.Event) -> int:
         """Buffer `event`; it becomes durable at the next `commit`. Returns its seq."""
         record = encode_record(event)
+        self.last_offset = self.next_offset
         self._buffer.append(record)
         self._buffered += len(record)
         self.seq += 1
@@ -307,6 +365,14 @@ class EventLog:
     @property
     def pending_bytes(self) -> int:
         return self._buffered
+
+    @property
+    def durable_end(self) -> int:
+        return self._durable_end
+
+    def frame_head(self, offset: int) -> bytes:
+        """The 8 bytes (length, CRC) of the durable record at `offset`."""
+        return os.pread(self._fd, FRAME.size, offset)
 
     def close(self) -> None:
         if self._fd >= 0:

@@ -141,7 +141,7 @@ class SessionState:
     id: str
     dataset: str
     vault: str  # identity (kind and location)
-    paths: list[bytes]
+    paths: list[builtins.bytes]  # (the field `bytes` below shadows the type for msgspec)
     exclude: list[str]
     archive_size: int
     compression: str

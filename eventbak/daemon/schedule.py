@@ -23,10 +23,11 @@ Theory of operation
   inside the skipped hour does not open that day (the clock never shows it).
   On a fall-back day a start that occurs twice opens at its first
   occurrence and an end that occurs twice closes at its second, so the
-  window stays open through the repeated hour without a gap. Whenever the
-  wall clock reads a time inside a window, the window is open; intervals are
-  never empty or negative; on days without a change this is exactly the wall
-  clock.
+  window stays open through the repeated hour without a gap (an end exactly
+  where the clock goes back, 02:00 in Berlin, closes the first time: the
+  clock never reads earlier than that again). Whenever the wall clock reads
+  a time inside a window, the window is open; intervals are never empty or
+  negative; on days without a change this is exactly the wall clock.
 * **Cadence.** `every` is elapsed time (`daily` is 24 hours, across DST
   too): a new session is due `every` after the last one completed.
 * **Decision.** Inside a window, an unfinished session is resumed until the
@@ -54,6 +55,8 @@ import msgspec
 
 UTC = dt.UTC
 DAY_MINUTES = 24 * 60
+
+_SECOND = dt.timedelta(seconds=1)  # zone transitions fall on whole seconds
 
 Interval = tuple[dt.datetime, dt.datetime]
 
@@ -310,8 +313,9 @@ def _utc(now: dt.datetime) -> dt.datetime:
 @functools.lru_cache(maxsize=64)
 def _intervals_near(w: Windows, tz: dt.tzinfo, day: dt.date) -> tuple[Interval, ...]:
     """The open intervals (UTC, merged, sorted) of the windows opening on the
-    local dates `day - 3` to `day + 3`. Those around `day` are complete: a
-    window lasts less than a day, plus at most the DST shift."""
+    local dates `day - 3` to `day + 3`. Those from `day - 1` to `day + 1` are
+    complete: a window lasts less than a day (two merged across a DST change,
+    less than two), so nothing from outside the range reaches them."""
     raw: list[Interval] = []
     for k in range(-3, 4):
         midnight = dt.datetime.combine(day + dt.timedelta(days=k), dt.time())
@@ -336,8 +340,13 @@ def _opens(wall: dt.datetime, tz: dt.tzinfo) -> dt.datetime:
 
 
 def _closes(wall: dt.datetime, tz: dt.tzinfo) -> dt.datetime:
-    """The instant after which the clock in `tz` never again reads before `wall`."""
-    return _occurrence(wall, tz, fold=1) or _jump_over(wall, tz)
+    """The instant after which the clock in `tz` never again reads before `wall`:
+    just after the last occurrence of the second before `wall`. (Not the last
+    occurrence of `wall` itself: when the clock goes back to exactly `wall`, as
+    Berlin's goes back to 02:00, it never reads earlier again after the first.)"""
+    before = wall - _SECOND
+    last = _occurrence(before, tz, fold=1)
+    return last + _SECOND if last is not None else _jump_over(before, tz)
 
 
 def _occurrence(wall: dt.datetime, tz: dt.tzinfo, fold: int) -> dt.datetime | None:
@@ -397,7 +406,7 @@ def decide(
     work = _pending(unfinished, last_completed_at, due, t, tz, every)
 
     if window is not None:
-        here = _describe_window(window, windows, tz)
+        here = _describe_window(window, tz)
         if unfinished is not None:
             return Decision("resume", window.end, f"{here}; {work}")
         if due is None or t >= due:
@@ -410,7 +419,7 @@ def decide(
     elif wake != work_from:
         why = f"{work}; the windows ({windows}) are closed then: sleeping until {_fmt(wake, tz)}"
     else:
-        why = f"{_describe_window(window, windows, tz)}; {work}"
+        why = f"{_describe_window(window, tz)}; {work}"
     return Decision("sleep", wake, why)
 
 
@@ -435,7 +444,7 @@ def _pending(
     return f"next session due {_fmt(due, tz)} ({since})"
 
 
-def _describe_window(window: OpenWindow, windows: Windows, tz: dt.tzinfo) -> str:
+def _describe_window(window: OpenWindow, tz: dt.tzinfo) -> str:
     if window.start is None or window.end is None:
         return "no windows (always)"
     span = f"{window.start.astimezone(tz):%H:%M}-{window.end.astimezone(tz):%H:%M}"

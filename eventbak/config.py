@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
+import shutil
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,6 +61,29 @@ class DatasetConfig(msgspec.Struct, forbid_unknown_fields=True):
     #: (for file systems that do not keep them stable across mounts).
     ignore_inode: bool = False
     ignore_ctime: bool = False
+    #: Commands run before and after each of the daemon's sessions of this
+    #: dataset (a snapshot: ZFS, btrfs, LVM); split like a shell would, not
+    #: run by one. A failing `before` skips the session; `after` always runs.
+    before: list[str] = []
+    after: list[str] = []
+
+
+class ScheduleConfig(msgspec.Struct, forbid_unknown_fields=True):
+    """`[schedule]`: when `eventbak daemon` works (daemon/schedule.py) and how
+    fast it uploads (daemon/bandwidth.py). `eventbak backup` ignores it."""
+
+    #: "HH:MM-HH:MM" windows (crossing midnight allowed), or "always"
+    windows: str | list[str] = "always"
+    #: an IANA name (Europe/Berlin); unset: the machine's local time
+    timezone: str | None = None
+    #: how often a new session starts once the previous one completed
+    every: str = "daily"
+    #: "10MiB/s", "off", or a timetable ("08:00,512KiB/s 23:00,off")
+    upload_limit: str = "off"
+    #: a session that fails this many times in a row at the same point is failed
+    max_failures: int = 3
+    #: a Prometheus text file the daemon rewrites (node_exporter's textfile collector)
+    metrics_file: str | None = None
 
 
 class EncryptionConfig(msgspec.Struct, forbid_unknown_fields=True):
@@ -77,6 +103,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True):
     vaults: dict[str, VaultConfig] = {}
     datasets: list[DatasetConfig] = []
     encryption: EncryptionConfig = msgspec.field(default_factory=EncryptionConfig)
+    schedule: ScheduleConfig = msgspec.field(default_factory=ScheduleConfig)
 
 
 _SIZE = re.compile(r"^\s*(\d+)\s*(B|KiB|MiB|GiB|TiB|K|M|G|T)?\s*$")
@@ -238,6 +265,12 @@ def _validate(cfg: Config, path: Path) -> None:
                 check_patterns(getattr(ds, key))
             except ValueError as exc:
                 fail(f"{where}.{key}", str(exc))
+        for key in ("before", "after"):
+            for j, command in enumerate(getattr(ds, key)):
+                why = check_hook(command)
+                if why:
+                    fail(f"{where}.{key}[{j}]", why)
+    _validate_schedule(cfg.schedule, fail)
     for i, r in enumerate(cfg.encryption.recipients):
         try:
             check_recipient(r)
@@ -245,6 +278,48 @@ def _validate(cfg: Config, path: Path) -> None:
             fail(f"encryption.recipients[{i}]", str(exc))
     if cfg.state_dir is not None and not cfg.state_dir:
         fail("state_dir", "must not be empty")
+
+
+def _validate_schedule(sc: ScheduleConfig, fail: Callable[[str, str], None]) -> None:
+    from eventbak.daemon import bandwidth, schedule
+
+    limit = "schedule.upload_limit"
+    checks: list[tuple[str, Callable[[], object]]] = [
+        ("schedule.windows", lambda: schedule.parse_windows(sc.windows)),
+        ("schedule.timezone", lambda: schedule.parse_timezone(sc.timezone)),
+        ("schedule.every", lambda: schedule.parse_every(sc.every)),
+        ("schedule.upload_limit", lambda: bandwidth.parse_limit(sc.upload_limit, key=limit)),
+    ]
+    for key, parse in checks:
+        try:
+            parse()
+        except ValueError as exc:
+            # ScheduleError, LimitError: "KEY: why", KEY maybe more precise
+            # than ours (schedule.windows[1])
+            named, _, why = str(exc).partition(": ")
+            if named.startswith(key) and why:
+                fail(named, why)
+            fail(key, str(exc))
+    if sc.max_failures < 1:
+        fail("schedule.max_failures", "must be at least 1")
+    if sc.metrics_file is not None and not os.path.isabs(sc.metrics_file):
+        fail("schedule.metrics_file", "must be an absolute path")
+
+
+def check_hook(command: str) -> str:
+    """Why `command` cannot be a hook ("" if it can): it must split like a
+    shell line and name a program that exists (a path, or one on PATH)."""
+    try:
+        words = shlex.split(command)
+    except ValueError as exc:
+        return f"{command!r} does not split like a shell line ({exc})"
+    if not words:
+        return "an empty command"
+    program = words[0]
+    found = os.access(program, os.X_OK) if "/" in program else shutil.which(program)
+    if not found:
+        return f"{command!r}: no program {program!r} (not found, or not executable)"
+    return ""
 
 
 def check_patterns(patterns: list[str]) -> None:

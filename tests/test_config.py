@@ -322,7 +322,57 @@ BAD: list[tuple[str, str | bytes, list[str]]] = [
     ("invalid TOML table", "[vaults.x\n", ["invalid TOML"]),
     ("duplicate TOML key", 'state_dir = "/a"\nstate_dir = "/b"\n', ["invalid TOML"]),
     ("not UTF-8", b'state_dir = "/home/caf\xe9"\n', ["not UTF-8"]),
+    (
+        "malformed window",
+        '[schedule]\nwindows = ["22:00-06:00", "25:00-06:00"]\n',
+        ["key schedule.windows[1]", "25:00-06:00"],
+    ),
+    ("window of no length", '[schedule]\nwindows = "22:00-22:00"\n', ["schedule.windows"]),
+    ("unknown timezone", '[schedule]\ntimezone = "Mars/Olympus"\n', ["schedule.timezone", "Mars"]),
+    ("every that does not parse", '[schedule]\nevery = "fortnightly"\n', ["schedule.every"]),
+    ("every of zero", '[schedule]\nevery = "0h"\n', ["schedule.every"]),
+    (
+        "upload_limit that does not parse",
+        '[schedule]\nupload_limit = "08:00,fast"\n',
+        ["schedule.upload_limit", "fast"],
+    ),
+    ("bare number upload_limit", '[schedule]\nupload_limit = "10"\n', ["unit"]),
+    ("unknown schedule key", "[schedule]\nwindow = 'always'\n", ["schedule.window"]),
+    ("no failures allowed", "[schedule]\nmax_failures = 0\n", ["schedule.max_failures"]),
+    ("relative metrics file", '[schedule]\nmetrics_file = "m.prom"\n', ["metrics_file"]),
+    (
+        "a hook that does not exist",
+        '[[datasets]]\nname = "a"\npaths = ["/a"]\nbefore = ["no-such-program-xyz --now"]\n',
+        ["datasets[0].before[0]", "no-such-program-xyz"],
+    ),
+    (
+        "a hook that does not split",
+        '[[datasets]]\nname = "a"\npaths = ["/a"]\nafter = ["echo \'unclosed"]\n',
+        ["datasets[0].after[0]", "shell line"],
+    ),
+    (
+        "two datasets with one name",
+        '[[datasets]]\nname = "a"\npaths = ["/a"]\n[[datasets]]\nname = "a"\npaths = ["/b"]\n',
+        ["datasets[1].name", "twice"],
+    ),
+    (
+        "a dataset naming an unknown vault",
+        '[vaults.x]\nurl = "file:///x"\n[[datasets]]\nname = "a"\npaths = ["/a"]\nvault = "y"\n',
+        ["datasets[0].vault", "'y'"],
+    ),
 ]
+
+
+def test_a_valid_schedule_and_hooks_load(tmp_path: Path) -> None:
+    p = write(
+        tmp_path,
+        '[schedule]\nwindows = ["22:00-06:00", "12:00-13:00"]\ntimezone = "Europe/Berlin"\n'
+        'every = "6h"\nupload_limit = "Mon-08:00,512KiB/s Sat-00:00,off"\n'
+        '[[datasets]]\nname = "a"\npaths = ["/a"]\nbefore = ["true"]\nafter = ["/bin/true x"]\n',
+    )
+    cfg = load_config(p)
+    assert cfg.schedule.windows == ["22:00-06:00", "12:00-13:00"]
+    assert cfg.datasets[0].before == ["true"]
 
 
 # msgspec reports keys below a dict (the [vaults.NAME] tables) as `vaults[...]`,

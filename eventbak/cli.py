@@ -881,10 +881,26 @@ def sessions(c: Ctx, dataset: str | None, as_json: bool) -> None:
 
 @main.command()
 @click.option("--json", "as_json", is_flag=True)
+@click.option(
+    "--prometheus",
+    is_flag=True,
+    help="Print metrics in Prometheus' text format (node_exporter's textfile collector).",
+)
 @click.pass_obj
-def status(c: Ctx, as_json: bool) -> None:
+def status(c: Ctx, as_json: bool, prometheus: bool) -> None:
     """The current or last session: its state and progress."""
     state, _ = _read_state(c)
+    if prometheus:
+        from datetime import UTC, datetime
+
+        from eventbak.daemon import metrics, schedule
+
+        windows = schedule.parse_windows(c.config.schedule.windows)
+        tz = schedule.parse_timezone(c.config.schedule.timezone)
+        now = datetime.now(UTC)
+        reg = metrics.registry(state, now, None if windows.always else windows, tz)
+        click.echo(metrics.text(reg).decode(), nl=False)
+        return
     unfinished = state.unfinished_sessions()
     s = unfinished[-1] if unfinished else state.last_session
     if s is None:

@@ -308,6 +308,12 @@ def _summary(o: Outcome) -> dict[str, Any]:
 )
 @click.option("--ignore-inode", is_flag=True, help="Changed files: do not compare inode numbers.")
 @click.option("--ignore-ctime", is_flag=True, help="Changed files: do not compare ctimes.")
+@click.option(
+    "--upload-limit",
+    metavar="RATE",
+    help="Upload at most this fast over all parts: 10MiB/s, off, or a timetable "
+    "('08:00,512KiB/s 23:00,off'); default: [schedule] upload_limit.",
+)
 @click.option("--until", "until", metavar="HH:MM", help="Pause when this local time comes.")
 @click.option("--max-duration", metavar="DURATION", help="Pause after this long: 90s, 15m, 2h.")
 @click.option(
@@ -331,6 +337,7 @@ def backup(
     full: bool,
     ignore_inode: bool,
     ignore_ctime: bool,
+    upload_limit: str | None,
     until: str | None,
     max_duration: str | None,
     grace: float,
@@ -342,7 +349,10 @@ def backup(
     rule = Rule(full, ignore_inode, ignore_ctime)
     reqs = _requests(c, paths, vault, archive_size, compression, recipient, rule)
     deadline = _deadline(until, max_duration)
-    options = RunOptions(deadline=deadline, grace=grace, new_session=new_session)
+    options = RunOptions(
+        deadline=deadline, grace=grace, new_session=new_session,
+        **_upload_limit(c, upload_limit),
+    )  # fmt: skip
 
     def opened(sd: StateDir) -> None:
         if sd.torn is not None:
@@ -399,6 +409,24 @@ def backup(
     code = runner.exit_code(report.outcomes)
     if code:
         sys.exit(code)
+
+
+def _upload_limit(c: Ctx, given: str | None) -> dict[str, Any]:
+    """RunOptions' upload_limit and local_now: `--upload-limit`, else the
+    config's `[schedule] upload_limit` (at its timezone's wall time)."""
+    from datetime import datetime
+
+    from eventbak.daemon import bandwidth, schedule
+
+    text = given if given is not None else c.config.schedule.upload_limit
+    try:
+        table = bandwidth.parse_limit(text, key="--upload-limit" if given else "upload_limit")
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if table.constant and table.entries[0][1] is None:
+        return {}
+    tz = schedule.parse_timezone(c.config.schedule.timezone)
+    return {"upload_limit": table, "local_now": lambda: datetime.now(tz)}
 
 
 def _deadline(until: str | None, max_duration: str | None) -> float | None:

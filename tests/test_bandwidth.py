@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from datetime import datetime, timedelta
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -92,3 +93,82 @@ def test_the_limit_is_the_latest_entry_before_now_in_the_week(
     assert 0 < step <= 7 * 24 * 60
     later = now + timedelta(minutes=step)
     assert ((later - MONDAY).total_seconds() // 60) % (7 * 24 * 60) in at
+
+
+# -- Throttle: on Trio's clock, driven by pytest-trio's autojump clock -----------
+
+
+async def test_parts_in_flight_together_go_at_the_rate_in_order(autojump_clock: object) -> None:
+    """Four parts of 1 MiB taken at once at 1MiB/s start at 0, 1, 2, 3 s."""
+    import trio
+
+    from eventbak.daemon.bandwidth import Throttle
+
+    throttle = Throttle(parse_limit("1MiB/s"), lambda: MONDAY)
+    started: list[float] = []
+    t0 = trio.current_time()
+
+    async def part() -> None:
+        await throttle.take(1 * MiB)
+        started.append(trio.current_time() - t0)
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(4):
+            nursery.start_soon(part)
+    assert started == pytest.approx([0.0, 1.0, 2.0, 3.0])
+
+
+async def test_off_in_the_timetable_lets_parts_go_at_once(autojump_clock: object) -> None:
+    import trio
+
+    from eventbak.daemon.bandwidth import Throttle
+
+    now = [MONDAY.replace(hour=7)]
+    throttle = Throttle(parse_limit("08:00,1MiB/s 23:00,off"), lambda: now[0])
+    t0 = trio.current_time()
+    for _ in range(3):
+        await throttle.take(10 * MiB)  # 07:00: off (the 23:00 entry carried over)
+    assert trio.current_time() == t0
+    now[0] = MONDAY.replace(hour=9)
+    await throttle.take(2 * MiB)
+    await throttle.take(2 * MiB)  # waits for the first 2 MiB's two seconds
+    assert trio.current_time() - t0 == pytest.approx(2.0)
+
+
+def test_backup_with_an_upload_limit_takes_at_least_its_time(tmp_path: Path) -> None:
+    """4 MiB of random bytes in 1 MiB archives at 1MiB/s: the last upload
+    cannot start before 3 s have passed (unlimited, the whole run takes well
+    under a second here; a lower bound: a busy machine only adds). The
+    archives restore identical; a limit that does not parse is exit 2."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from tests.treeutil import describe, restore_all
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(4):
+        (src / f"f{i}.bin").write_bytes(os.urandom(MiB - 4096))
+
+    def backup(state: str, *extra: str) -> float:
+        t0 = time.monotonic()
+        done = subprocess.run(
+            [sys.executable, "-m", "eventbak", "--state-dir", str(tmp_path / state), "backup",
+             str(src), "--vault", f"file://{tmp_path / state}-vault", "--archive-size", "1MiB",
+             "--compression", "none", *extra],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        return time.monotonic() - t0
+
+    assert backup("limited", "--upload-limit", "1MiB/s") >= 3.0
+    restore_all(tmp_path / "limited", tmp_path / "back")
+    assert describe(tmp_path / "back" / str(src).lstrip("/")) == describe(src)
+    bad = subprocess.run(
+        [sys.executable, "-m", "eventbak", "--state-dir", str(tmp_path / "x"), "backup",
+         str(src), "--upload-limit", "fast"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "--upload-limit" in bad.stderr

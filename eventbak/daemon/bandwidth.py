@@ -1,7 +1,7 @@
 """The upload limit: `upload_limit = "10MiB/s"`, `"off"`, or a timetable in
-rclone's `--bwlimit` syntax, pure (parsing and the limit in force at a
-given local time; enforcing it across parallel part uploads is the
-uploader's).
+rclone's `--bwlimit` syntax: parsing and the limit in force at a given
+local time (pure), and `Throttle`, which the uploader awaits before each
+part or one-part upload, shared by all of them.
 
 A timetable is entries separated by spaces, each `[DAY-]HH:MM,RATE`: from
 that time on (that day of the week, or every day) the limit is RATE, until
@@ -17,9 +17,13 @@ reads it as KiB/s, most people as bytes/s). DAY is `Mon` ... `Sun`.
 
 from __future__ import annotations
 
+import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+
+import trio
 
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 _RATE = re.compile(r"^(\d+(?:\.\d+)?)\s*(B|KiB|MiB|GiB|k|K|M|G)(?:/s)?$")
@@ -107,3 +111,28 @@ def next_change(table: Timetable, local: datetime) -> int:
     minute = local.weekday() * 24 * 60 + local.hour * 60 + local.minute
     later = [at for at, _ in table.entries if at > minute]
     return (later[0] if later else table.entries[0][0] + _WEEK) - minute
+
+
+class Throttle:
+    """The upload limit enforced across every upload of a process, on Trio's
+    clock: `take(n)` waits until n more bytes may start going out. Each
+    call reserves the next n / rate seconds of the link, first come first
+    served (a virtual schedule, so no credit piles up while idle): however
+    many parts are in flight, the bytes started per second stay at the rate
+    in force (read from the timetable at each call), give or take one part.
+    """
+
+    def __init__(self, table: Timetable, local_now: Callable[[], datetime]) -> None:
+        self.table = table
+        self.local_now = local_now
+        self._lock = trio.Lock()
+        self._free_at = -math.inf  # on Trio's clock: when the link is free again
+
+    async def take(self, n: int) -> None:
+        rate = limit_at(self.table, self.local_now())
+        if rate is None or n <= 0:
+            return
+        async with self._lock:  # in order: a part waits for those before it
+            start = max(trio.current_time(), self._free_at)
+            self._free_at = start + n / rate
+            await trio.sleep_until(start)

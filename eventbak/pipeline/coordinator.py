@@ -58,6 +58,7 @@ from eventbak.config import Compression, parse_compression
 from eventbak.core import events as ev
 from eventbak.core import plan
 from eventbak.core.state import SessionState
+from eventbak.daemon.bandwidth import Throttle, Timetable
 from eventbak.errors import EXIT_FAILURE, EventbakError, UsageError
 from eventbak.fsutil import sha256_file
 from eventbak.pipeline.builder import Output, Packer, Sealed, Stopped
@@ -127,6 +128,9 @@ class RunOptions:
     grace: float = DEFAULT_GRACE  # seconds from a stop request to cancellation
     signals: bool = True  # watch SIGTERM/SIGINT (main thread only)
     new_session: bool = False  # abandon an unfinished session instead of resuming
+    #: the upload limit (daemon/bandwidth.py), read at `local_now()` wall time
+    upload_limit: Timetable | None = None
+    local_now: Callable[[], dt.datetime] = dt.datetime.now
 
 
 @dataclass
@@ -231,7 +235,9 @@ class Session:
         # resumed session its own copies): read by the scanner thread
         self._known: Callable[[], Iterable[ManifestEntry]] = self._base_entries
         self._resume_cursor: bytes | None = None
-        self.transfers = Transfers(sd, vault, session_id, self.stop)
+        limit = self.options.upload_limit
+        throttle = Throttle(limit, self.options.local_now) if limit is not None else None
+        self.transfers = Transfers(sd, vault, session_id, self.stop, throttle)
         # recovered archives still to send, with what reconciling them learnt
         self._to_upload: list[tuple[str, plan.Observed]] = []
 

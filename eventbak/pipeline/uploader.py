@@ -33,6 +33,7 @@ import trio
 from eventbak.core import events as ev
 from eventbak.core import plan
 from eventbak.core.state import ArchiveState
+from eventbak.daemon.bandwidth import Throttle
 from eventbak.errors import UploadGone
 from eventbak.fsutil import sha256_file
 from eventbak.statedir import StateDir
@@ -56,12 +57,19 @@ class Transfers:
     """Runs the upload plan for the archives of one session."""
 
     def __init__(
-        self, sd: StateDir, vault: Vault, session: str, stop: threading.Event | None = None
+        self,
+        sd: StateDir,
+        vault: Vault,
+        session: str,
+        stop: threading.Event | None = None,
+        throttle: Throttle | None = None,
     ) -> None:
         self.sd = sd
         self.vault = vault
         self.session = session
         self.stop = stop or threading.Event()
+        #: the upload limit, awaited before each part or one-part upload
+        self.throttle = throttle
         self._parts: trio.Semaphore | None = None
 
     def _slots(self) -> trio.Semaphore:
@@ -119,6 +127,8 @@ class Transfers:
             elif isinstance(step, plan.Put):
                 if not step.again:
                     self._record(self._started(a, key))
+                if self.throttle is not None:
+                    await self.throttle.take(a.size)
                 receipt = await self._thread(vault.put, key, self._staged(a), a.size, a.sha256)
                 self._uploaded(a, key, receipt)
             elif isinstance(step, plan.Begin):
@@ -225,6 +235,8 @@ class Transfers:
         async def one(r: PartRange) -> None:
             nonlocal gone
             try:
+                if self.throttle is not None:
+                    await self.throttle.take(r.length)
                 part = await self._thread(
                     self.vault.send_part, key, upload_id, r.number, path, r.offset, r.length
                 )

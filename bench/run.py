@@ -715,12 +715,7 @@ def prepare_tree(work: Path, scale: float, seed: int) -> TreeInfo:
         "seed": seed,
         "gentree_sha256": hashlib.sha256(GENTREE.read_bytes()).hexdigest(),
     }
-    have = None
-    if marker.exists() and root.is_dir():
-        try:
-            have = json.loads(marker.read_text())
-        except ValueError:
-            have = None
+    have = _marker(marker, root)
     if have is None or any(have.get(k) != v for k, v in want.items()):
         rm(marker)
         rm(root)
@@ -798,18 +793,24 @@ def make_million_tree(root: Path, n: int) -> None:
     os.rename(tmp, root)
 
 
+def _marker(marker: Path, root: Path) -> dict[str, Any] | None:
+    """What a generated tree's marker says it holds (None: no tree, no marker)."""
+    if not (marker.exists() and root.is_dir()):
+        return None
+    try:
+        found = json.loads(marker.read_text())
+    except ValueError:
+        return None
+    return found if isinstance(found, dict) else None
+
+
 def prepare_million_tree(work: Path, n: int) -> MillionTree:
     """WORKDIR/million/tree: generated, or reused while it holds the same `n` files."""
     base = work / "million"
     root = (base / "tree").absolute()
     marker = base / "tree.json"
     want = {"files": n, "per_dir": MILLION_PER_DIR, "version": MILLION_TREE_VERSION}
-    have = None
-    if marker.exists() and root.is_dir():
-        try:
-            have = json.loads(marker.read_text())
-        except ValueError:
-            have = None
+    have = _marker(marker, root)
     took: float | None = None
     if have != want:
         rm(marker)

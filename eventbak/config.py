@@ -72,7 +72,7 @@ class ScheduleConfig(msgspec.Struct, forbid_unknown_fields=True):
     """`[schedule]`: when `eventbak daemon` works (daemon/schedule.py) and how
     fast it uploads (daemon/bandwidth.py). `eventbak backup` ignores it."""
 
-    #: "HH:MM-HH:MM" windows (crossing midnight allowed), or "always"
+    #: "HH:MM[:SS]-HH:MM[:SS]" windows (crossing midnight allowed), or "always"
     windows: str | list[str] = "always"
     #: an IANA name (Europe/Berlin); unset: the machine's local time
     timezone: str | None = None

@@ -287,9 +287,9 @@ def test_a_whole_day_of_windows_is_always() -> None:
 
 def test_a_single_window_string_is_one_window() -> None:
     assert parse_windows("22:00-06:00") == parse_windows(["22:00-06:00"])
-    assert parse_windows(["7:05 - 8:00"]) == Windows(spans=((425, 480),))
-    assert parse_windows(["22:00-24:00"]) == Windows(spans=((1320, 1440),))
-    assert parse_windows(["22:00-00:00"]) == Windows(spans=((1320, 1440),))
+    assert parse_windows(["7:05 - 8:00"]) == Windows(spans=((425 * 60, 480 * 60),))
+    assert parse_windows(["22:00-24:00"]) == Windows(spans=((1320 * 60, 1440 * 60),))
+    assert parse_windows(["22:00-00:00"]) == Windows(spans=((1320 * 60, 1440 * 60),))
 
 
 @settings(max_examples=100, deadline=None)
@@ -311,15 +311,21 @@ def test_merged_windows_do_not_depend_on_order_and_print_back_to_themselves(
     [
         (
             ["24:30-01:00"],
-            'schedule.windows[0]: "24:30-01:00" is not HH:MM-HH:MM (24:30 is not a time)',
+            'schedule.windows[0]: "24:30-01:00" is not HH:MM[:SS]-HH:MM[:SS] (24:30 is not a time)',
         ),
-        (["01:00-02:00", "25:00-06:00"], 'schedule.windows[1]: "25:00-06:00" is not HH:MM-HH:MM'),
-        (["12:60-13:00"], 'schedule.windows[0]: "12:60-13:00" is not HH:MM-HH:MM (12:60'),
-        (["24:00-06:00"], 'schedule.windows[0]: "24:00-06:00" is not HH:MM-HH:MM (24:00 only ends'),
-        (["7-8"], 'schedule.windows[0]: "7-8" is not HH:MM-HH:MM'),
-        ([""], 'schedule.windows[0]: "" is not HH:MM-HH:MM'),
-        (["22:00"], 'schedule.windows[0]: "22:00" is not HH:MM-HH:MM'),
-        ([2200], "schedule.windows[0]: 2200 is not HH:MM-HH:MM"),
+        (
+            ["01:00-02:00", "25:00-06:00"],
+            'schedule.windows[1]: "25:00-06:00" is not HH:MM[:SS]-HH:MM[:SS]',
+        ),
+        (["12:60-13:00"], 'schedule.windows[0]: "12:60-13:00" is not HH:MM[:SS]-HH:MM[:SS] (12:60'),
+        (
+            ["24:00-06:00"],
+            'schedule.windows[0]: "24:00-06:00" is not HH:MM[:SS]-HH:MM[:SS] (24:00 only ends',
+        ),
+        (["7-8"], 'schedule.windows[0]: "7-8" is not HH:MM[:SS]-HH:MM[:SS]'),
+        ([""], 'schedule.windows[0]: "" is not HH:MM[:SS]-HH:MM[:SS]'),
+        (["22:00"], 'schedule.windows[0]: "22:00" is not HH:MM[:SS]-HH:MM[:SS]'),
+        ([2200], "schedule.windows[0]: 2200 is not HH:MM[:SS]-HH:MM[:SS]"),
         (
             ["22:00-22:00"],
             'schedule.windows[0]: "22:00-22:00" starts where it ends: empty or all day?',
@@ -327,8 +333,8 @@ def test_merged_windows_do_not_depend_on_order_and_print_back_to_themselves(
         (["00:00-00:00"], 'schedule.windows[0]: "00:00-00:00" starts where it ends'),
         (["always", "01:00-02:00"], 'schedule.windows[0]: "always" stands alone'),
         ([], 'schedule.windows: [] opens no window; write windows = "always"'),
-        ("", 'schedule.windows: "" is not "always" or HH:MM-HH:MM'),
-        ("sometimes", 'schedule.windows: "sometimes" is not "always" or HH:MM-HH:MM'),
+        ("", 'schedule.windows: "" is not "always" or HH:MM[:SS]-HH:MM[:SS]'),
+        ("sometimes", 'schedule.windows: "sometimes" is not "always" or HH:MM[:SS]-HH:MM[:SS]'),
         (5, 'schedule.windows: 5 is not "always" or a list'),
     ],
 )
@@ -342,6 +348,330 @@ def test_a_bad_window_names_the_key_and_the_value(value: object, message: str) -
 def test_a_bad_window_names_the_key_it_was_given() -> None:
     with pytest.raises(ScheduleError, match=r'^datasets\.home\.windows\[0\]: "x"'):
         parse_windows(["x"], key="datasets.home.windows")
+
+
+# -- windows to the second -----------------------------------------------------------------------
+
+SECOND = dt.timedelta(seconds=1)
+HALF_SECOND = dt.timedelta(milliseconds=500)
+
+
+def at(
+    year: int, month: int, day: int, hour: int, minute: int, second: int, tz: dt.tzinfo = UTC
+) -> dt.datetime:
+    """An instant, in UTC: `tz`'s wall clock (fold=0) when given."""
+    return dt.datetime(year, month, day, hour, minute, second, tzinfo=tz).astimezone(UTC)
+
+
+def hms(seconds: int, *, always_seconds: bool = False) -> str:
+    h, rest = divmod(seconds, 3600)
+    m, sec = divmod(rest, 60)
+    return f"{h:02d}:{m:02d}:{sec:02d}" if sec or always_seconds else f"{h:02d}:{m:02d}"
+
+
+def seconds_of(texts: list[str]) -> list[tuple[int, int]]:
+    """The test's own reading of "HH:MM[:SS]-HH:MM[:SS]": seconds, the end past the start."""
+    spans = []
+    for text in texts:
+        a, b = (
+            sum(int(part) * unit for part, unit in zip(t.split(":"), (3600, 60, 1), strict=False))
+            for t in text.split("-")
+        )
+        spans.append((a, b if b > a else b + 86400))
+    return spans
+
+
+@st.composite
+def second_window_texts(draw: st.DrawFn, seconds: st.SearchStrategy[int]) -> list[str]:
+    """1-4 windows with start and end drawn from `seconds`, or ends 1-20 s after
+    the start; whole minutes written as HH:MM or HH:MM:00."""
+    texts = []
+    for _ in range(draw(st.integers(1, 4))):
+        start = draw(seconds)
+        end = draw(seconds | st.integers(start + 1, start + 20)) % 86400
+        if end == start:
+            end = (start + 1) % 86400
+        pad = draw(st.booleans())
+        texts.append(f"{hms(start, always_seconds=pad)}-{hms(end or 86400, always_seconds=pad)}")
+    return texts
+
+
+any_seconds = st.integers(0, 86399) | st.sampled_from([0, 59, 60, 86340, 86399])
+# Seconds of the day within 15 s of 02:00 and 03:00, where Berlin's clock jumps or goes back.
+near_changes = st.sampled_from([7200, 10800]).flatmap(lambda c: st.integers(c - 15, c + 15))
+
+
+def wall_second(t: int, zone: dt.tzinfo) -> int:
+    """What the clock in `zone` reads at POSIX second `t`, in seconds since 1970-01-01 00:00."""
+    wall = dt.datetime.fromtimestamp(t, zone).replace(tzinfo=None)
+    return (wall - dt.datetime(1970, 1, 1)) // SECOND
+
+
+def reference_open_by_second(
+    texts: list[str], zone: dt.tzinfo, start: dt.datetime, n: int
+) -> list[bool]:
+    """`reference_open`, one second at a time: open or not at each of the `n`
+    seconds from `start`. The clock never goes back by more than an hour here,
+    so what it reads more than an hour before (after) a second is never the
+    latest (earliest): two hours of readings either side are enough."""
+    margin = 2 * 3600
+    first = int(start.timestamp()) - margin
+    readings = [wall_second(first + i, zone) for i in range(n + 2 * margin)]
+    read_by = list(itertools.accumulate(readings, max))
+    read_from = list(itertools.accumulate(reversed(readings), min))[::-1]
+    first_day, last_day = readings[margin] // 86400 - 2, readings[margin + n] // 86400 + 1
+    occurrences = [
+        (day * 86400 + s, day * 86400 + e)
+        for day in range(first_day, last_day + 1)
+        for s, e in seconds_of(texts)
+    ]
+    return [
+        any(read_by[i] >= s and read_from[i] < e for s, e in occurrences)
+        for i in range(margin, margin + n)
+    ]
+
+
+def assert_agrees_second_by_second(
+    texts: list[str], zone: dt.tzinfo, start: dt.datetime, n: int, check: list[range]
+) -> None:
+    """`is_open`, `current_window`, `next_opening` and `window_end` at the
+    seconds `check` (and half a second after each) of the `n` from `start`,
+    against the reference: a window opens at the first open second of a run and
+    closes at the first closed second after it (or outside the `n` seconds when
+    the run reaches their ends)."""
+    windows = parse_windows(texts)
+    expected = reference_open_by_second(texts, zone, start, n)
+    if windows.always:
+        assert all(expected)
+        return
+    # The second the state changes next, and the first second of the current run.
+    next_flip: list[int | None] = [None] * n
+    for i in range(n - 2, -1, -1):
+        next_flip[i] = i + 1 if expected[i + 1] != expected[i] else next_flip[i + 1]
+    run_start: list[int | None] = [None] * n
+    for i in range(1, n):
+        run_start[i] = i if expected[i - 1] != expected[i] else run_start[i - 1]
+
+    for i in itertools.chain.from_iterable(check):
+        t = start + i * SECOND
+        want, flip, since = expected[i], next_flip[i], run_start[i]
+        where = f"{texts} in {zone} at {t.astimezone(zone)}"
+        for u in (t, t + HALF_SECOND):
+            assert is_open(windows, zone, u) == want, where
+            window = current_window(windows, zone, u)
+            if want:
+                assert window is not None and window.start is not None, where
+                assert next_opening(windows, zone, u) == u, where
+                assert window.end == window_end(windows, zone, u), where
+                if flip is None:
+                    assert window.end is not None and window.end >= start + n * SECOND, where
+                else:
+                    assert window.end == start + flip * SECOND, where
+                if since is None:
+                    assert window.start <= start, where
+                else:
+                    assert window.start == start + since * SECOND, where
+            else:
+                assert window is None and window_end(windows, zone, u) is None, where
+                opening = next_opening(windows, zone, u)
+                if flip is None:
+                    assert opening >= start + n * SECOND, where
+                else:
+                    assert opening == start + flip * SECOND, where
+
+
+# Berlin's clock jumps from 02:00 CET to 03:00 CEST at 01:00 UTC on 2026-03-29 and goes back
+# from 03:00 CEST to 02:00 CET at 01:00 UTC on 2026-10-25 (02:00 CEST is 00:00 UTC, 03:00 CET
+# 02:00 UTC).
+SPRING, FALL = DST_DAYS[0], DST_DAYS[1]
+
+
+@pytest.mark.parametrize(
+    ("texts", "zone", "day", "centers"),
+    [
+        # Three windows a few seconds long, and one across midnight (and the year's end).
+        (
+            ["12:00:30-12:00:45", "12:01:10-12:01:12", "12:02-12:02:01"],
+            "UTC",
+            dt.date(2026, 7, 1),
+            [12],
+        ),
+        (["23:59:58-00:00:03"], "UTC", dt.date(2027, 1, 1), [0]),
+        (["11:59:59-12:00:01", "12:00:30-12:00:45"], "Europe/Berlin", dt.date(2026, 7, 1), [10]),
+        # Spring forward: an end the clock skips closes at the jump, a start it skips opens
+        # there, a window wholly inside the skipped hour never opens.
+        (["01:59:55-02:00:05"], "Europe/Berlin", SPRING, [1]),
+        (["01:59:59-02:00"], "Europe/Berlin", SPRING, [1]),
+        (["02:59:58-03:00:03"], "Europe/Berlin", SPRING, [1]),
+        (["03:00-03:00:02"], "Europe/Berlin", SPRING, [1]),
+        (["02:00-02:00:05", "02:59:59-03:00"], "Europe/Berlin", SPRING, [1]),
+        # Fall back: a start met twice opens at the first, an end met twice closes at the
+        # second; an end at 02:00 exactly closes the first time.
+        (["02:59:58-03:00:03"], "Europe/Berlin", FALL, [1, 2]),
+        (["01:59:58-02:00:02"], "Europe/Berlin", FALL, [0, 1]),
+        (["01:59:55-02:00"], "Europe/Berlin", FALL, [0, 1]),
+        (["02:00-02:00:05", "03:00-03:00:05"], "Europe/Berlin", FALL, [0, 1, 2]),
+        (["02:59:59-03:00"], "Europe/Berlin", FALL, [1, 2]),
+        (
+            ["01:59:58-02:00:02", "02:59:58-03:00:03", "03:00:10-03:00:12"],
+            "Europe/Berlin",
+            FALL,
+            [0, 1, 2],
+        ),
+    ],
+)
+def test_short_windows_agree_with_the_clock_read_second_by_second(
+    texts: list[str], zone: str, day: dt.date, centers: list[int]
+) -> None:
+    # From 3 minutes before the first center (an hour, UTC) to 3 minutes after the last.
+    start = dt.datetime.combine(day, dt.time(centers[0]), UTC) - 3 * MINUTE
+    n = (centers[-1] - centers[0]) * 3600 + 6 * 60
+    check = [range((c - centers[0]) * 3600, (c - centers[0]) * 3600 + 6 * 60) for c in centers]
+    assert_agrees_second_by_second(texts, ZoneInfo(zone), start, n, check)
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    texts=second_window_texts(near_changes),
+    zone=st.sampled_from(["UTC", "Europe/Berlin"]),
+    day=st.sampled_from([SPRING, FALL]),
+)
+def test_windows_of_seconds_near_the_dst_changes_agree_with_the_clock_second_by_second(
+    texts: list[str], zone: str, day: dt.date
+) -> None:
+    # Every start and end lies within 15 s of 00:00, 01:00 or 02:00 UTC that day.
+    start = dt.datetime.combine(day, dt.time(), UTC) - 3 * MINUTE
+    check = [range(h * 3600, h * 3600 + 6 * 60) for h in (0, 1, 2)]
+    assert_agrees_second_by_second(texts, ZoneInfo(zone), start, 2 * 3600 + 6 * 60, check)
+
+
+def test_next_opening_and_window_end_are_exact_to_the_second() -> None:
+    windows = parse_windows(["12:00:30-12:00:45"])
+    tz = ZoneInfo("UTC")
+    assert next_opening(windows, tz, at(2026, 7, 1, 12, 0, 0)) == at(2026, 7, 1, 12, 0, 30)
+    assert next_opening(windows, tz, at(2026, 7, 1, 12, 0, 29) + HALF_SECOND) == at(
+        2026, 7, 1, 12, 0, 30
+    )
+    assert next_opening(windows, tz, at(2026, 7, 1, 12, 0, 45)) == at(2026, 7, 2, 12, 0, 30)
+    assert current_window(windows, tz, at(2026, 7, 1, 12, 0, 30)) == (
+        at(2026, 7, 1, 12, 0, 30),
+        at(2026, 7, 1, 12, 0, 45),
+    )
+    end = window_end(windows, tz, at(2026, 7, 1, 12, 0, 44) + HALF_SECOND)
+    assert end == at(2026, 7, 1, 12, 0, 45)
+    assert not is_open(windows, tz, end)
+    assert is_open(windows, tz, end - dt.timedelta(microseconds=1))
+    # Berlin, spring: "02:59:58-03:00:03" opens at the jump (03:00:00 CEST) and closes 3 s later.
+    jumped = parse_windows(["02:59:58-03:00:03"])
+    assert next_opening(jumped, BERLIN, at(2026, 3, 29, 0, 0, 0)) == at(2026, 3, 29, 1, 0, 0)
+    assert window_end(jumped, BERLIN, at(2026, 3, 29, 1, 0, 0)) == at(2026, 3, 29, 1, 0, 3)
+    # Berlin, fall: "02:00-02:00:05" opens at 02:00:00 CEST and closes at 02:00:05 CET.
+    repeated = parse_windows(["02:00-02:00:05"])
+    assert current_window(repeated, BERLIN, at(2026, 10, 25, 0, 30, 0)) == (
+        at(2026, 10, 25, 0, 0, 0),
+        at(2026, 10, 25, 1, 0, 5),
+    )
+    assert next_opening(repeated, BERLIN, at(2026, 10, 25, 1, 0, 5)) == at(2026, 10, 26, 1, 0, 0)
+
+
+def test_windows_parse_to_the_second() -> None:
+    assert parse_windows("12:00:30-12:00:45") == Windows(spans=((43230, 43245),))
+    assert parse_windows(["22:00:00-06:00:00"]) == parse_windows(["22:00-06:00"])
+    assert parse_windows(["22:00-06:00"]) == Windows(spans=((79200, 108000),))
+    assert parse_windows([" 7:05:09 - 8:00 "]) == Windows(spans=((25509, 28800),))
+    assert parse_windows(["23:59:59-00:00:01"]) == Windows(spans=((86399, 86401),))
+    assert parse_windows(["23:59:59-24:00:00"]) == parse_windows(["23:59:59-24:00"])
+    assert parse_windows(["00:00:00-24:00:00"]) == ALWAYS
+    assert parse_windows(["12:00-12:00:30", "12:00:30-12:01"]) == parse_windows(["12:00-12:01"])
+    assert parse_windows(["23:59:50-24:00", "00:00-00:00:10"]) == parse_windows(
+        ["23:59:50-00:00:10"]
+    )
+    assert parse_windows(["00:00:01-00:00"]) == Windows(spans=((1, 86400),))
+    assert parse_windows(["00:00:01-00:00", "23:59:59-00:00:02"]) == ALWAYS
+
+
+def test_windows_print_seconds_only_when_they_are_not_zero() -> None:
+    three = ["12:00:20-12:00:25", "12:00-12:00:05", "12:00:10-12:00:15"]
+    assert str(parse_windows(three)) == "12:00-12:00:05, 12:00:10-12:00:15, 12:00:20-12:00:25"
+    assert str(parse_windows(["22:00:00-06:00:00"])) == "22:00-06:00"
+    assert str(parse_windows(["23:59:59-24:00:00"])) == "23:59:59-24:00"
+    assert str(parse_windows(["23:59:59-00:00:01"])) == "23:59:59-00:00:01"
+    assert str(parse_windows(["12:00-12:00:01", "12:00:01-12:00:02"])) == "12:00-12:00:02"
+
+
+@settings(max_examples=100, deadline=None)
+@given(texts=second_window_texts(any_seconds))
+def test_windows_of_seconds_merge_to_what_they_cover_and_print_back_to_themselves(
+    texts: list[str],
+) -> None:
+    windows = parse_windows(texts)
+    covered = bytearray(86400)
+    for s, e in seconds_of(texts):
+        covered[s : min(e, 86400)] = b"\1" * (min(e, 86400) - s)
+        covered[: max(e - 86400, 0)] = b"\1" * max(e - 86400, 0)
+    if windows.always:
+        assert all(covered)
+        return
+    merged = bytearray(86400)
+    for s, e in windows.spans:
+        assert 0 <= s < 86400 and s < e < s + 86400
+        for a, b in ((s, min(e, 86400)), (0, max(e - 86400, 0))):
+            assert not any(merged[a:b])  # no two spans overlap
+            merged[a:b] = b"\1" * (b - a)
+    assert merged == covered
+    assert [s for s, _ in windows.spans] == sorted(s for s, _ in windows.spans)
+    ends = {e % 86400 for _, e in windows.spans}
+    assert not ends & {s for s, _ in windows.spans}  # none touch
+    assert parse_windows(texts[::-1]) == windows
+    assert parse_windows(str(windows).split(", ")) == windows
+    assert str(parse_windows(str(windows).split(", "))) == str(windows)
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (
+            ["12:00:60-13:00"],
+            'schedule.windows[0]: "12:00:60-13:00" is not HH:MM[:SS]-HH:MM[:SS] '
+            "(12:00:60 is not a time)",
+        ),
+        (
+            ["12:00-13:60:00"],
+            'schedule.windows[0]: "12:00-13:60:00" is not HH:MM[:SS]-HH:MM[:SS] '
+            "(13:60:00 is not a time)",
+        ),
+        (
+            ["01:00-02:00", "24:00:01-06:00"],
+            'schedule.windows[1]: "24:00:01-06:00" is not HH:MM[:SS]-HH:MM[:SS] '
+            "(24:00:01 is not a time)",
+        ),
+        (
+            ["22:00-24:00:30"],
+            'schedule.windows[0]: "22:00-24:00:30" is not HH:MM[:SS]-HH:MM[:SS] '
+            "(24:00:30 is not a time)",
+        ),
+        (
+            ["24:00:00-06:00"],
+            'schedule.windows[0]: "24:00:00-06:00" is not HH:MM[:SS]-HH:MM[:SS] '
+            "(24:00:00 only ends a window; write 00:00)",
+        ),
+        (["12:00:5-13:00"], 'schedule.windows[0]: "12:00:5-13:00" is not HH:MM[:SS]-HH:MM[:SS]'),
+        (["12:00:00:00-13:00"], 'schedule.windows[0]: "12:00:00:00-13:00" is not HH:MM[:SS]'),
+        (["12:00:30"], 'schedule.windows[0]: "12:00:30" is not HH:MM[:SS]-HH:MM[:SS]'),
+        (
+            ["12:00:30-12:00:30"],
+            'schedule.windows[0]: "12:00:30-12:00:30" starts where it ends: empty or all day? '
+            'write "00:00-24:00" for all day',
+        ),
+        (["12:00-12:00:00"], 'schedule.windows[0]: "12:00-12:00:00" starts where it ends'),
+        ("12:00:60-13:00", 'schedule.windows: "12:00:60-13:00" is not "always" or HH:MM[:SS]-'),
+    ],
+)
+def test_a_bad_window_with_seconds_names_the_key_and_the_value(value: object, message: str) -> None:
+    with pytest.raises(ScheduleError) as info:
+        parse_windows(value)  # type: ignore[arg-type]
+    assert str(info.value).startswith(message)
+    assert "\n" not in str(info.value)
 
 
 # -- time zone and cadence -----------------------------------------------------------------------
@@ -526,3 +856,43 @@ def test_a_session_is_started_when_none_ever_completed() -> None:
         "window 12:00-13:00 (Europe/Berlin) open until 2026-07-01 13:00 CEST; "
         "no session completed yet",
     )
+
+
+def test_decide_in_a_five_second_window_works_until_its_end_to_the_second() -> None:
+    windows, every = parse_windows(["12:00:30-12:00:35"]), dt.timedelta(days=1)
+    end = at(2026, 7, 1, 12, 0, 35, BERLIN)  # 10:00:35 UTC
+    now = at(2026, 7, 1, 12, 0, 31, BERLIN) + HALF_SECOND
+    assert decide(now, windows, BERLIN, every, None, None) == Decision(
+        "start",
+        end,
+        "window 12:00:30-12:00:35 (Europe/Berlin) open until 2026-07-01 12:00:35 CEST; "
+        "no session completed yet",
+    )
+    d = decide(end - dt.timedelta(microseconds=1), windows, BERLIN, every, "s-1", None)
+    assert (d.action, d.until) == ("resume", end)
+    d = decide(end, windows, BERLIN, every, "s-1", None)
+    assert (d.action, d.until) == ("sleep", at(2026, 7, 2, 12, 0, 30, BERLIN))
+    assert d.why == (
+        "outside the windows (12:00:30-12:00:35, Europe/Berlin) until 2026-07-02 12:00:30 CEST; "
+        "session s-1 unfinished"
+    )
+
+
+def test_a_session_runs_across_three_windows_a_few_seconds_long() -> None:
+    # What a daemon test does: resume in each window until it closes, sleep until the next.
+    windows = parse_windows(["12:00:10-12:00:15", "12:00-12:00:03", "12:00:20-12:00:25"])
+    every, now = dt.timedelta(days=1), at(2026, 7, 1, 11, 59, 58, BERLIN)
+    steps = []
+    for _ in range(6):
+        d = decide(now, windows, BERLIN, every, "s-1", None)
+        assert d.until is not None and d.until > now
+        steps.append((d.action, f"{d.until.astimezone(BERLIN):%H:%M:%S}"))
+        now = d.until
+    assert steps == [
+        ("sleep", "12:00:00"),
+        ("resume", "12:00:03"),
+        ("sleep", "12:00:10"),
+        ("resume", "12:00:15"),
+        ("sleep", "12:00:20"),
+        ("resume", "12:00:25"),
+    ]

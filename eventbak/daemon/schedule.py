@@ -9,9 +9,10 @@ parsed.)
 
 Theory of operation
 -------------------
-* **Windows** are wall-clock times in the schedule's time zone:
-  `windows = ["22:00-06:00", "12:00-13:00"]`. A window whose end is not after
-  its start crosses midnight; `"00:00-24:00"` is all day; windows that
+* **Windows** are wall-clock times in the schedule's time zone, to the
+  second: `windows = ["22:00-06:00", "12:00-13:00", "12:30:15-12:30:45"]`
+  (`HH:MM[:SS]-HH:MM[:SS]`; seconds left out are zero). A window whose end is
+  not after its start crosses midnight; `"00:00-24:00"` is all day; windows that
   overlap or touch merge (`Windows` holds them merged, so equal schedules
   compare equal). `windows = "always"`, or windows covering the whole day,
   means never closed.
@@ -55,8 +56,9 @@ import msgspec
 
 UTC = dt.UTC
 DAY_MINUTES = 24 * 60
+DAY_SECONDS = DAY_MINUTES * 60
 
-_SECOND = dt.timedelta(seconds=1)  # zone transitions fall on whole seconds
+_SECOND = dt.timedelta(seconds=1)  # windows and zone transitions fall on whole seconds
 
 Interval = tuple[dt.datetime, dt.datetime]
 
@@ -75,11 +77,13 @@ def _q(value: object) -> str:
 
 
 class Windows(msgspec.Struct, frozen=True):
-    """Backup windows in wall-clock minutes after local midnight, built by
-    `parse_windows`. Each span is `(start, end)` with `0 <= start < 1440` and
-    `start < end < start + 1440`; `end > 1440` closes on the next day. Spans are
-    sorted, and merged on the 24-hour circle (none overlap or touch).
-    `always=True` (and no spans): never closed."""
+    """Backup windows in wall-clock seconds after local midnight, built by
+    `parse_windows`. Each span is `(start, end)` with `0 <= start < 86400` and
+    `start < end < start + 86400`; `end > 86400` closes on the next day. Spans
+    are sorted, and merged on the 24-hour circle (none overlap or touch).
+    `always=True` (and no spans): never closed. `str()` prints them as
+    `parse_windows` reads them (`HH:MM`, or `HH:MM:SS` when the seconds are not
+    zero)."""
 
     spans: tuple[tuple[int, int], ...] = ()
     always: bool = False
@@ -88,78 +92,88 @@ class Windows(msgspec.Struct, frozen=True):
         if self.always:
             return "always"
         return ", ".join(
-            f"{_hhmm(s)}-{_hhmm(e if e <= DAY_MINUTES else e - DAY_MINUTES)}" for s, e in self.spans
+            f"{_hms(s)}-{_hms(e if e <= DAY_SECONDS else e - DAY_SECONDS)}" for s, e in self.spans
         )
 
 
 ALWAYS = Windows(always=True)
 
-_WINDOW_RE = re.compile(r"\s*(\d{1,2}):(\d{2})\s*-\s*(\d{1,2}):(\d{2})\s*")
+_TIME = r"(\d{1,2}):(\d{2})(?::(\d{2}))?"
+_WINDOW_RE = re.compile(rf"\s*{_TIME}\s*-\s*{_TIME}\s*")
+_EXPECTED = "HH:MM[:SS]-HH:MM[:SS]"
 
 
-def _hhmm(minutes: int) -> str:
-    return f"{minutes // 60:02d}:{minutes % 60:02d}"
+def _hms(seconds: int) -> str:
+    """Seconds after midnight -> `HH:MM`, or `HH:MM:SS` when the seconds are not zero."""
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h:02d}:{m:02d}:{s:02d}" if s else f"{h:02d}:{m:02d}"
 
 
 def parse_windows(value: str | list[str], key: str = "schedule.windows") -> Windows:
-    """`"always"`, a list of `"HH:MM-HH:MM"` windows (or one such string) ->
-    `Windows`, merged. ScheduleError naming `key` (and the item's index)."""
+    """`"always"`, a list of `"HH:MM[:SS]-HH:MM[:SS]"` windows (or one such
+    string) -> `Windows`, merged. ScheduleError naming `key` (and the item's
+    index)."""
     if isinstance(value, str):
         if value.strip().lower() == "always":
             return ALWAYS
-        return _merge([_parse_window(value, key, 'is not "always" or HH:MM-HH:MM')])
+        return _merge([_parse_window(value, key, f'is not "always" or {_EXPECTED}')])
     if not isinstance(value, list | tuple):
-        raise ScheduleError(f'{key}: {_q(value)} is not "always" or a list of "HH:MM-HH:MM"')
+        raise ScheduleError(f'{key}: {_q(value)} is not "always" or a list of "{_EXPECTED}"')
     if not value:
         raise ScheduleError(f'{key}: [] opens no window; write windows = "always" for no limit')
     spans = []
     for i, item in enumerate(value):
         if isinstance(item, str) and item.strip().lower() == "always":
             raise ScheduleError(f'{key}[{i}]: "always" stands alone: windows = "always"')
-        spans.append(_parse_window(item, f"{key}[{i}]", "is not HH:MM-HH:MM"))
+        spans.append(_parse_window(item, f"{key}[{i}]", f"is not {_EXPECTED}"))
     return _merge(spans)
 
 
 def _parse_window(text: object, key: str, expected: str) -> tuple[int, int]:
-    """`"22:00-06:00"` -> `(1320, 1800)`: minutes, the end past the start."""
+    """`"22:00-06:00"` -> `(79200, 108000)`: seconds, the end past the start."""
     m = _WINDOW_RE.fullmatch(text) if isinstance(text, str) else None
     if m is None:
         raise ScheduleError(f"{key}: {_q(text)} {expected}")
-    h1, m1, h2, m2 = (int(g) for g in m.groups())
-    for h, mm in ((h1, m1), (h2, m2)):
-        if mm > 59 or h > 24 or (h == 24 and mm != 0):
-            raise ScheduleError(f"{key}: {_q(text)} {expected} ({h:02d}:{mm:02d} is not a time)")
-    start, end = h1 * 60 + m1, h2 * 60 + m2
-    if start == DAY_MINUTES:
-        raise ScheduleError(f"{key}: {_q(text)} {expected} (24:00 only ends a window; write 00:00)")
+    h1, m1, s1, h2, m2, s2 = (int(g) if g else 0 for g in m.groups())
+    for h, mm, ss, written in ((h1, m1, s1, m[3]), (h2, m2, s2, m[6])):
+        if mm > 59 or ss > 59 or h > 24 or (h == 24 and (mm or ss)):
+            time = f"{h:02d}:{mm:02d}" + (f":{ss:02d}" if written else "")
+            raise ScheduleError(f"{key}: {_q(text)} {expected} ({time} is not a time)")
+    start, end = h1 * 3600 + m1 * 60 + s1, h2 * 3600 + m2 * 60 + s2
+    if start == DAY_SECONDS:
+        midnight = "24:00:00" if m[3] else "24:00"
+        raise ScheduleError(
+            f"{key}: {_q(text)} {expected} ({midnight} only ends a window; write 00:00)"
+        )
     if start == end:
         raise ScheduleError(
             f"{key}: {_q(text)} starts where it ends: empty or all day? "
             f'write "00:00-24:00" for all day'
         )
-    return start, end if end > start else end + DAY_MINUTES
+    return start, end if end > start else end + DAY_SECONDS
 
 
 def _merge(spans: list[tuple[int, int]]) -> Windows:
-    """Merge spans on the 24-hour circle, minute by minute (1440 of them)."""
-    covered = [False] * DAY_MINUTES
-    for start, end in spans:
-        for m in range(start, end):
-            covered[m % DAY_MINUTES] = True
-    if all(covered):
-        return ALWAYS
-    # Walk once around the circle from a closed minute, so no run is cut in two.
-    first_closed = covered.index(False)
+    """Merge spans on the 24-hour circle: cut at midnight, merge on the line,
+    then join a run that ends at midnight to one that starts there."""
+    pieces = sorted(
+        piece
+        for start, end in spans
+        for piece in ((start, min(end, DAY_SECONDS)), (0, end - DAY_SECONDS))
+        if piece[0] < piece[1]
+    )
     runs: list[tuple[int, int]] = []
-    run_start: int | None = None
-    for k in range(first_closed + 1, first_closed + DAY_MINUTES + 1):
-        if covered[k % DAY_MINUTES]:
-            if run_start is None:
-                run_start = k
-        elif run_start is not None:
-            runs.append((run_start % DAY_MINUTES, run_start % DAY_MINUTES + k - run_start))
-            run_start = None
-    return Windows(spans=tuple(sorted(runs)))
+    for start, end in pieces:
+        if runs and start <= runs[-1][1]:
+            runs[-1] = (runs[-1][0], max(runs[-1][1], end))
+        else:
+            runs.append((start, end))
+    if runs == [(0, DAY_SECONDS)]:
+        return ALWAYS
+    if len(runs) > 1 and runs[0][0] == 0 and runs[-1][1] == DAY_SECONDS:
+        runs[-1] = (runs[-1][0], DAY_SECONDS + runs.pop(0)[1])
+    return Windows(spans=tuple(runs))
 
 
 # -- time zone and cadence -----------------------------------------------------------------------
@@ -320,8 +334,8 @@ def _intervals_near(w: Windows, tz: dt.tzinfo, day: dt.date) -> tuple[Interval, 
     for k in range(-3, 4):
         midnight = dt.datetime.combine(day + dt.timedelta(days=k), dt.time())
         for s, e in w.spans:
-            start = _opens(midnight + dt.timedelta(minutes=s), tz)
-            end = _closes(midnight + dt.timedelta(minutes=e), tz)
+            start = _opens(midnight + dt.timedelta(seconds=s), tz)
+            end = _closes(midnight + dt.timedelta(seconds=e), tz)
             if start < end:  # else wholly inside a skipped hour: not today
                 raw.append((start, end))
     raw.sort()
@@ -415,9 +429,9 @@ def decide(
     work_from = t if unfinished is not None or due is None or t >= due else due
     wake = next_opening(windows, tz, work_from)
     if window is None:
-        why = f"outside the windows ({windows}, {_zone_name(tz)}) until {_fmt(wake, tz)}; {work}"
+        why = f"outside the windows ({windows}, {_zone_name(tz)}) until {_fmt_s(wake, tz)}; {work}"
     elif wake != work_from:
-        why = f"{work}; the windows ({windows}) are closed then: sleeping until {_fmt(wake, tz)}"
+        why = f"{work}; the windows ({windows}) are closed then: sleeping until {_fmt_s(wake, tz)}"
     else:
         why = f"{_describe_window(window, tz)}; {work}"
     return Decision("sleep", wake, why)
@@ -447,8 +461,8 @@ def _pending(
 def _describe_window(window: OpenWindow, tz: dt.tzinfo) -> str:
     if window.start is None or window.end is None:
         return "no windows (always)"
-    span = f"{window.start.astimezone(tz):%H:%M}-{window.end.astimezone(tz):%H:%M}"
-    return f"window {span} ({_zone_name(tz)}) open until {_fmt(window.end, tz)}"
+    span = f"{_clock(window.start, tz)}-{_clock(window.end, tz)}"
+    return f"window {span} ({_zone_name(tz)}) open until {_fmt_s(window.end, tz)}"
 
 
 def _zone_name(tz: dt.tzinfo) -> str:
@@ -457,6 +471,19 @@ def _zone_name(tz: dt.tzinfo) -> str:
 
 def _fmt(t: dt.datetime, tz: dt.tzinfo) -> str:
     return f"{t.astimezone(tz):%Y-%m-%d %H:%M %Z}"
+
+
+def _fmt_s(t: dt.datetime, tz: dt.tzinfo) -> str:
+    """A window's bound or a wake time: as `_fmt`, with the seconds when they
+    are not zero (a window may be a few seconds long)."""
+    local = t.astimezone(tz)
+    return f"{local:%Y-%m-%d} {_clock(t, tz)} {local:%Z}"
+
+
+def _clock(t: dt.datetime, tz: dt.tzinfo) -> str:
+    """The wall clock at `t`: `HH:MM`, or `HH:MM:SS` when the seconds are not zero."""
+    local = t.astimezone(tz)
+    return f"{local:%H:%M:%S}" if local.second else f"{local:%H:%M}"
 
 
 def _fmt_every(every: dt.timedelta) -> str:

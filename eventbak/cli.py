@@ -429,6 +429,46 @@ def _upload_limit(c: Ctx, given: str | None) -> dict[str, Any]:
     return {"upload_limit": table, "local_now": lambda: datetime.now(tz)}
 
 
+@main.command()
+@click.option(
+    "--grace",
+    metavar="SECONDS",
+    type=click.FloatRange(min=0),
+    default=DEFAULT_GRACE,
+    show_default=True,
+    help="After a stop request (or a window's end), how long in-flight work may go on.",
+)
+@click.pass_obj
+def daemon(c: Ctx, grace: float) -> None:
+    """Back up the config's datasets inside the [schedule] windows, for as
+    long as it runs (under supervisord or systemd): a new session every
+    [schedule] every, an unfinished one resumed in the next window. SIGTERM
+    or SIGINT: the session running pauses, exit 0. Lines on stderr: JSON
+    when it is not a terminal."""
+    from eventbak.daemon import schedule, service
+
+    cfg = c.config.schedule
+    plan = service.Plan(
+        reqs=_requests(c, (), None, None, None),
+        windows=schedule.parse_windows(cfg.windows),
+        tz=schedule.parse_timezone(cfg.timezone),
+        every=schedule.parse_every(cfg.every),
+        max_failures=cfg.max_failures,
+        options=RunOptions(grace=grace, **_upload_limit(c, None)),
+    )
+    as_json = not sys.stderr.isatty()
+
+    def say(line: dict[str, Any]) -> None:
+        line = {"at": round(time.time(), 3), "pid": os.getpid(), **line}
+        if as_json:
+            click.echo(json.dumps(line), err=True)
+        else:
+            rest = " ".join(f"{k}={v}" for k, v in line.items() if k not in ("at", "pid"))
+            click.echo(f"{_when(line['at'])} {rest}", err=True)
+
+    service.run(c.state_dir, plan, say)
+
+
 def _deadline(until: str | None, max_duration: str | None) -> float | None:
     times = []
     try:

@@ -83,6 +83,10 @@ class Stopper:
     def __init__(self, reason: str = "") -> None:
         self.reason = reason
         self.session: Session | None = None
+        #: set once a stop is requested (wakes a sleeping daemon)
+        self.stopping = trio.Event()
+        if reason:
+            self.stopping.set()
 
     def attach(self, session: Session) -> None:
         self.session = session
@@ -97,6 +101,7 @@ class Stopper:
             self.session.request_stop(reason)
         if not self.reason:
             self.reason = reason  # the run stops: no dataset after this one starts
+        self.stopping.set()
 
     async def watch_signals(
         self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED

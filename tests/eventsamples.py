@@ -180,6 +180,12 @@ def sample_events() -> list[ev.Event]:
             at=t + 18, session=s1, files=6, bytes=7_107, archives=2, skipped=2, changed=1
         )
     )
+    add(
+        ev.ScheduleDecided(
+            at=t + 19, dataset="home", action="sleep", until=t + 3600,
+            why="window 22:00-06:00 (UTC) closed; the next session is due at 22:00",
+        )
+    )  # fmt: skip
     add(opened("s-0002", t + 20, dataset="photos"))
     add(ev.SessionFailed(at=t + 21, session="s-0002", error="vault: permission denied"))
     add(ev.SessionAbandoned(at=t + 22, session="s-0002", reason="replaced by s-0003"))

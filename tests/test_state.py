@@ -302,7 +302,8 @@ def test_final_states_stay_final() -> None:
     assert exits(SESSION_TABLE, "failed") == {"abandon"}
     assert exits(ARCHIVE_TABLE, "uploaded") == set()
     assert exits(ARCHIVE_TABLE, "discarded") == set()
-    assert exits(SESSION_TABLE, "paused") == {"resume", "abandon"}
+    # a session paused by errors too many times in a row is failed (the daemon)
+    assert exits(SESSION_TABLE, "paused") == {"resume", "abandon", "fail"}
     assert {"completed", "failed", "abandoned"} == st8.SESSION_FINAL
 
 

@@ -153,6 +153,19 @@ class CatalogStored(_Base, frozen=True):
     local_sha256: str = ""
 
 
+class ScheduleDecided(_Base, frozen=True):
+    """The daemon decided what to do next for a dataset, from the log and the
+    clock alone (daemon/schedule.py `decide`): `start` a session, `resume`
+    the unfinished one, or `sleep`; `until` is when the window closes (start,
+    resume; 0: no window) or when to wake (sleep), `why` says why in words.
+    Recorded when the decision differs from the last one for the dataset."""
+
+    dataset: str
+    action: Literal["start", "resume", "sleep"]
+    until: float
+    why: str
+
+
 class SessionFailed(_Base, frozen=True):
     """The session stopped on an error it could not get past."""
 
@@ -429,6 +442,7 @@ _EVERY_OTHER_EVENT = (
     | SessionCompleted
     | SessionFailed
     | SessionAbandoned
+    | ScheduleDecided
     | CatalogStored
     | EntrySkipped
     | EntryChanged

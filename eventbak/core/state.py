@@ -58,7 +58,7 @@ SESSION_TABLE: list[tuple[str, str | list[str], str]] = [
     ("pause", "running", "paused"),
     ("resume", ["paused", "running"], "running"),  # from running: after a crash
     ("complete", "running", "completed"),
-    ("fail", "running", "failed"),
+    ("fail", ["running", "paused"], "failed"),  # paused: by errors, too many in a row
     ("abandon", ["running", "paused", "failed"], "abandoned"),
 ]
 
@@ -246,6 +246,8 @@ class State:
     inventories: dict[str, InventoryState] = field(default_factory=dict)
     seq: int = 0
     truncations: list[tuple[int, int]] = field(default_factory=list)
+    #: the daemon's latest decision per dataset
+    decisions: dict[str, ev.ScheduleDecided] = field(default_factory=dict)
     orphans: list[tuple[str, str]] = field(default_factory=list)
 
     @property
@@ -505,6 +507,10 @@ def _inventory_lost(state: State, e: ev.InventoryLost, offset: int = -1) -> None
     i.reason = e.reason
 
 
+def _decided(state: State, e: ev.ScheduleDecided, offset: int = -1) -> None:
+    state.decisions[e.dataset] = e
+
+
 def _truncated(state: State, e: Any, offset: int = -1) -> None:
     state.truncations.append((e.offset, e.dropped))
 
@@ -539,6 +545,7 @@ _HANDLERS: dict[type, Any] = {
     ev.InventoryLost: _inventory_lost,
     ev.OrphanRemoved: _orphan,
     ev.LogTailTruncated: _truncated,
+    ev.ScheduleDecided: _decided,
 }
 
 

@@ -473,6 +473,7 @@ class Session:
         except BaseException as exc:
             first = first_error(exc)
             if not isinstance(first, EventbakError | OSError):
+                self._pause_for_bug(first)
                 raise
             error = first
         finally:
@@ -566,6 +567,21 @@ class Session:
         if self.dedup is not None:  # the next session builds on this one
             self.dedup.close()
             self.dedup.path.unlink(missing_ok=True)
+
+    def _pause_for_bug(self, exc: BaseException) -> None:
+        """An exception that is a bug (or a cancellation from outside) still
+        leaves the session paused, with its error, when it was running: the
+        process then ends (a supervisor restarts it) and resumes it."""
+        if isinstance(exc, trio.Cancelled | KeyboardInterrupt):
+            return
+        s = self.sd.state.sessions[self.id]
+        if s.state != "running":
+            return
+        with contextlib.suppress(Exception):
+            self._drop_partial("session stopped")
+            why = f"error: unexpected {type(exc).__name__}: {exc}"[:500]
+            self.sd.record(ev.SessionPaused(at=time.time(), session=self.id, reason=why))
+            self.sd.commit()
 
     def _commit_or_note(self, why: str) -> None:
         try:

@@ -1,0 +1,239 @@
+"""`eventbak daemon`: the datasets' sessions, inside the backup windows, for
+months, in one process that never loses its place.
+
+The loop, on Trio's clock (a `WallClock` maps it to wall time, so tests
+drive the daemon with `trio.testing.MockClock`):
+
+1. For each dataset, `schedule.decide` says, from the log (its unfinished
+   session, when its last session completed) and the clock alone: resume,
+   start, or sleep until when. A decision that differs from the last one
+   recorded for the dataset is recorded (`ScheduleDecided`, with why).
+2. The first dataset to resume or start runs its session through the
+   runner's `run_session`, with the window's end as its deadline: at the
+   end of the window it pauses as on SIGTERM, and resumes in the next one.
+3. Otherwise the daemon sleeps until the earliest wake-up, or until a
+   signal.
+
+A session that pauses on an error is tried again after `RETRY` (or at its
+window's next opening); after `max_failures` error pauses in a row it is
+failed (`SessionFailed`, with the last error) and the next session of the
+dataset starts afresh when due. SIGTERM and SIGINT stop the daemon: the
+session running pauses as for `backup` (grace period, `SessionPaused`) and
+the daemon returns, exit 0. One daemon per state dir: it holds the state
+dir's lock for its whole life (`status`, `restore`, `inspect` only read).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from eventbak.core import events as ev
+from eventbak.core.state import SessionState
+from eventbak.daemon.schedule import Decision, Windows, decide
+from eventbak.errors import EventbakError
+from eventbak.keys import has_passphrase_key, store_passphrase_keys
+from eventbak.pipeline.coordinator import (
+    BackupRequest,
+    Outcome,
+    RunOptions,
+    find_unfinished,
+    run_session,
+)
+from eventbak.runner import EarlySignals, Stopper
+from eventbak.statedir import StateDir
+from eventbak.vaults import Vault, open_vault
+
+#: How long after an error a session is tried again (if its window is still open).
+RETRY = dt.timedelta(minutes=5)
+
+
+class WallClock:
+    """Wall time on Trio's clock: what `time.time()` said when it was made,
+    plus the Trio time since. Under a MockClock both jump together."""
+
+    def __init__(self, wall: float | None = None) -> None:
+        self._wall0 = time.time() if wall is None else wall
+        self._trio0 = trio.current_time()
+
+    def now(self) -> dt.datetime:
+        return dt.datetime.fromtimestamp(
+            self._wall0 + trio.current_time() - self._trio0, dt.UTC
+        )
+
+    def trio_time(self, at: dt.datetime) -> float:
+        return self._trio0 + at.timestamp() - self._wall0
+
+
+@dataclass
+class Plan:
+    """What the daemon runs: the datasets and the schedule (from the config)."""
+
+    reqs: list[BackupRequest]
+    windows: Windows
+    tz: dt.tzinfo
+    every: dt.timedelta
+    max_failures: int = 3
+    options: RunOptions = field(default_factory=RunOptions)
+
+
+def _last_completed(sd: StateDir, req: BackupRequest) -> dt.datetime | None:
+    """When the latest completed session of the request's lineage completed."""
+    last: SessionState | None = None
+    for s in sd.state.sessions.values():
+        if s.dataset == req.dataset and s.paths == req.paths and s.state == "completed":
+            last = s
+    return None if last is None else dt.datetime.fromtimestamp(last.updated_at, dt.UTC)
+
+
+def _error_streak(s: SessionState) -> int:
+    """Error pauses at the end of the session's pauses (in a row)."""
+    n = 0
+    for reason in reversed(s.pauses):
+        if not reason.startswith("error"):
+            break
+        n += 1
+    return n
+
+
+async def serve(
+    sd: StateDir,
+    plan: Plan,
+    stopper: Stopper,
+    clock: WallClock | None = None,
+    say: Callable[[dict[str, Any]], None] = lambda line: None,
+    vault_for: Callable[[BackupRequest], Vault] | None = None,
+) -> None:
+    """Run until `stopper` stops (a signal): decide, run or sleep, again."""
+    clock = clock or WallClock()
+    retry_at: dict[str, dt.datetime] = {}
+    # when this daemon saw each dataset's session complete, on its own clock
+    # (the log's stamps are wall-clock: the same in production, behind a
+    # test's MockClock, which only this clock follows)
+    seen_done: dict[str, dt.datetime] = {}
+    while not stopper.reason:
+        now = clock.now()
+        chosen: tuple[BackupRequest, Decision] | None = None
+        wake: dt.datetime | None = None
+        for req in plan.reqs:
+            unfinished = find_unfinished(sd, req)
+            _fail_if_stuck(sd, unfinished, plan.max_failures, say)
+            unfinished = find_unfinished(sd, req)
+            done = _last_completed(sd, req)
+            if req.dataset in seen_done and (done is None or seen_done[req.dataset] > done):
+                done = seen_done[req.dataset]
+            d = decide(
+                now, plan.windows, plan.tz, plan.every, unfinished.id if unfinished else None, done
+            )
+            if d.action != "sleep" and retry_at.get(req.dataset, now) > now:
+                until = retry_at[req.dataset]
+                d = Decision("sleep", until, f"retrying after an error at {until:%H:%M:%S} UTC")
+            _record(sd, req.dataset, d, say)
+            if d.action != "sleep" and chosen is None:
+                chosen = (req, d)
+            elif d.action == "sleep" and d.until is not None:
+                wake = d.until if wake is None else min(wake, d.until)
+        if chosen is not None:
+            req, d = chosen
+            try:
+                outcome = await _run(sd, plan, req, d, stopper, clock, vault_for)
+            except EventbakError as exc:  # before a session ran: the vault, the base...
+                say({"event": "error", "dataset": req.dataset, "error": str(exc)})
+                retry_at[req.dataset] = clock.now() + RETRY
+                continue
+            say({"event": "session", "dataset": req.dataset, "session": outcome.session.id,
+                 "state": outcome.state, "paused_for": outcome.paused_for})  # fmt: skip
+            if outcome.error:
+                retry_at[req.dataset] = clock.now() + RETRY
+            elif outcome.state == "completed":
+                seen_done[req.dataset] = clock.now()
+            continue
+        await _sleep(stopper, clock.trio_time(wake) if wake is not None else None)
+
+
+def _fail_if_stuck(
+    sd: StateDir, s: SessionState | None, max_failures: int, say: Callable[[dict[str, Any]], None]
+) -> None:
+    if s is None or s.state != "paused" or _error_streak(s) < max_failures:
+        return
+    error = s.pauses[-1].removeprefix("error: ")
+    why = f"{max_failures} errors in a row, the last: {error}"
+    sd.record(ev.SessionFailed(at=time.time(), session=s.id, error=why))
+    sd.commit()
+    say({"event": "failed", "dataset": s.dataset, "session": s.id, "error": why})
+
+
+def _record(
+    sd: StateDir, dataset: str, d: Decision, say: Callable[[dict[str, Any]], None]
+) -> None:
+    last = sd.state.decisions.get(dataset)
+    until = d.until.timestamp() if d.until is not None else 0.0
+    if last is not None and (last.action, last.until, last.why) == (d.action, until, d.why):
+        return
+    sd.record(
+        ev.ScheduleDecided(at=time.time(), dataset=dataset, action=d.action, until=until, why=d.why)
+    )
+    sd.commit()
+    say({"event": "decided", "dataset": dataset, "action": d.action, "why": d.why})
+
+
+async def _run(
+    sd: StateDir,
+    plan: Plan,
+    req: BackupRequest,
+    d: Decision,
+    stopper: Stopper,
+    clock: WallClock,
+    vault_for: Callable[[BackupRequest], Vault] | None,
+) -> Outcome:
+    stop_at = clock.trio_time(d.until) if d.until is not None else None
+    options = replace(plan.options, stop_at=stop_at, deadline=None, signals=False)
+    if vault_for is not None:
+        vault = vault_for(req)
+    else:
+        vault = open_vault(req.vault_url, req.vault_options)
+    try:
+        if has_passphrase_key(sd.root, req.recipients):
+            await trio.to_thread.run_sync(vault.prepare)  # a new vault before its first key
+            await trio.to_thread.run_sync(store_passphrase_keys, sd.root, req.recipients, vault)
+        return await run_session(sd, req, vault, None, options, stopper)
+    finally:
+        stopper.detach()
+        if vault_for is None:
+            vault.close()
+
+
+async def _sleep(stopper: Stopper, until: float | None) -> None:
+    """Until the Trio time `until` (None: for ever) or a stop request."""
+    with trio.move_on_at(until if until is not None else float("inf")):
+        await stopper.stopping.wait()
+
+
+def run(state_dir: Path, plan: Plan, say: Callable[[dict[str, Any]], None]) -> None:
+    """`eventbak daemon`: the state dir held (its lock) for the daemon's life,
+    signals watched from the start (the runner's `EarlySignals`, then one
+    Trio watcher), `serve` until SIGTERM or SIGINT."""
+    with EarlySignals() as early:
+        sd = StateDir.open(state_dir)
+        try:
+            say({"event": "started", "state_dir": str(state_dir),
+                 "datasets": [r.dataset for r in plan.reqs]})  # fmt: skip
+            trio.run(_watched, sd, plan, Stopper(early.reason), say)
+        finally:
+            sd.close()
+    say({"event": "stopped"})
+
+
+async def _watched(
+    sd: StateDir, plan: Plan, stopper: Stopper, say: Callable[[dict[str, Any]], None]
+) -> None:
+    async with trio.open_nursery() as nursery:
+        await nursery.start(stopper.watch_signals)
+        await serve(sd, plan, stopper, None, say)
+        nursery.cancel_scope.cancel()

@@ -1,0 +1,220 @@
+"""The daemon's loop (eventbak/daemon/service.py) on Trio's clock, driven by
+pytest-trio's autojump clock: hours pass in a moment while the daemon
+sleeps, the backups are real. (The clock jumps only when every task waits
+on a timer: no task here polls, so a session's own time is real time, and
+the log's timestamps, which are wall-clock, agree with the daemon's.)"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import trio
+
+from eventbak.config import Compression
+from eventbak.core import events as ev
+from eventbak.core.log import read_log
+from eventbak.daemon import service
+from eventbak.daemon.schedule import parse_every, parse_timezone, parse_windows
+from eventbak.pipeline.coordinator import BackupRequest
+from eventbak.pipeline.scanner import normalize_roots
+from eventbak.runner import Stopper
+from eventbak.statedir import StateDir, log_path, read_state
+from tests import crashutil as cu
+from tests.treeutil import describe, restore_all
+
+
+def _req(src: Path, vault: Path) -> BackupRequest:
+    return BackupRequest(
+        dataset="home", paths=normalize_roots([os.fsencode(src)]),
+        vault_url=f"file://{vault}", archive_size=1024 * 1024,
+        compression=Compression("auto"), exclude=[],
+    )  # fmt: skip
+
+
+def _plan(src: Path, vault: Path, windows: str, every: str) -> service.Plan:
+    return service.Plan(
+        [_req(src, vault)], parse_windows(windows), parse_timezone("UTC"), parse_every(every)
+    )
+
+
+def _stop_after(n: int, event: str, stopper: Stopper, lines: list[dict[str, object]]):  # type: ignore[no-untyped-def]
+    """A `say` that keeps the daemon's lines and stops it (as SIGTERM would)
+    once `n` lines of `event` came: right after that, before it decides again."""
+
+    def say(line: dict[str, object]) -> None:
+        lines.append(line)
+        if sum(x.get("event") == event for x in lines) >= n:
+            stopper.request("signal SIGTERM")
+
+    return say
+
+
+async def test_a_new_session_every_hour_each_building_on_the_last(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.txt").write_text("alpha\n")
+    sd = StateDir.open(tmp_path / "state")
+    lines: list[dict[str, object]] = []
+    try:
+        stopper = Stopper()
+        clock = service.WallClock()
+        start = clock.now()
+        plan = _plan(src, tmp_path / "vault", "always", "1h")
+        await service.serve(sd, plan, stopper, clock, _stop_after(3, "session", stopper, lines))
+        sessions = list(sd.state.sessions.values())
+        assert clock.now() - start >= dt.timedelta(hours=2)  # two hours of virtual time
+    finally:
+        sd.close()
+    assert [s.state for s in sessions] == ["completed"] * 3
+    assert [s.base for s in sessions] == ["", sessions[0].id, sessions[1].id]
+    decided = [r.event for r in read_log(log_path(tmp_path / "state")).records]
+    actions = [e.action for e in decided if isinstance(e, ev.ScheduleDecided)]
+    assert actions[:3] == ["start", "sleep", "start"]
+    assert any(line.get("event") == "session" for line in lines)
+
+
+async def test_outside_its_window_the_daemon_sleeps_then_works_at_the_opening(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """A window two hours from now: the daemon sleeps until it opens, then
+    starts the session with the window's end as its deadline. (Under the
+    autojump clock the deadline comes as soon as every task waits on a
+    thread, so the session may pause at once: then a daemon whose window is
+    always open resumes it, and the backup restores identical.)"""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.bin").write_bytes(os.urandom(300_000))
+    sd = StateDir.open(tmp_path / "state")
+    try:
+        clock = service.WallClock()
+        opens = (clock.now() + dt.timedelta(hours=2)).replace(microsecond=0)
+        closes = opens + dt.timedelta(hours=1)
+        plan = _plan(src, tmp_path / "vault", f"{opens:%H:%M:%S}-{closes:%H:%M:%S}", "daily")
+        stopper = Stopper()
+        lines: list[dict[str, object]] = []
+        await service.serve(sd, plan, stopper, clock, _stop_after(1, "session", stopper, lines))
+        (s,) = sd.state.sessions.values()
+        assert s.state == "completed" or s.pauses == ["deadline"]
+        stopper = Stopper()
+        always = _plan(src, tmp_path / "vault", "always", "daily")
+        await service.serve(sd, always, stopper, clock, _stop_after(1, "session", stopper, []))
+        (s,) = sd.state.sessions.values()
+    finally:
+        sd.close()
+    assert s.state == "completed"
+    events = [r.event for r in read_log(log_path(tmp_path / "state")).records]
+    decisions = [e for e in events if isinstance(e, ev.ScheduleDecided)]
+    assert (decisions[0].action, decisions[0].until) == ("sleep", opens.timestamp())
+    assert (decisions[1].action, decisions[1].until) == ("start", closes.timestamp())
+    opened = next(i for i, e in enumerate(events) if isinstance(e, ev.SessionOpened))
+    assert events.index(decisions[1]) < opened
+    back = tmp_path / "back"
+    restore_all(tmp_path / "state", back)
+    assert describe(back / str(src).lstrip("/")) == describe(src)
+
+
+async def test_a_session_failing_again_and_again_is_failed_and_the_daemon_goes_on(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """A vault that refuses every write: each try pauses the session on the
+    error; after max_failures in a row it is failed, with the error."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.txt").write_text("alpha\n")
+    vault = tmp_path / "vault"
+    vault.mkdir()
+    sd = StateDir.open(tmp_path / "state")
+
+    class Refusing:  # the local vault, whose put always fails (a full disk, say)
+        def __init__(self) -> None:
+            from eventbak.vaults import open_vault
+
+            self.inner = open_vault(f"file://{vault}")
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(self.inner, name)
+
+        def put(self, *args: object) -> object:
+            from eventbak.errors import VaultError
+
+            raise VaultError("vault: No space left on device")
+
+    try:
+        stopper = Stopper()
+        plan = _plan(src, vault, "always", "1h")
+        plan.max_failures = 2
+        say = _stop_after(1, "failed", stopper, [])
+        refusing = Refusing()
+        await service.serve(
+            sd, plan, stopper, service.WallClock(), say, vault_for=lambda r: refusing  # type: ignore[arg-type,return-value]
+        )
+        s = next(iter(sd.state.sessions.values()))
+    finally:
+        sd.close()
+    assert s.state == "failed" and "No space left on device" in s.error and "2 errors" in s.error
+    assert [p.startswith("error") for p in s.pauses] == [True, True]
+
+
+# -- `eventbak daemon` as a process: real signals -----------------------------------
+
+
+def _config(tmp: Path, src: Path, windows: str = "always", every: str = "1h") -> Path:
+    config = tmp / "eventbak.toml"
+    config.write_text(
+        f'state_dir = "{tmp / "state"}"\n'
+        f'[vaults.v]\nurl = "file://{tmp / "vault"}"\narchive_size = "64KiB"\n'
+        f'[[datasets]]\nname = "home"\npaths = ["{src}"]\n'
+        f'[schedule]\nwindows = "{windows}"\nevery = "{every}"\n'
+    )
+    return config
+
+
+def _start(config: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "eventbak", "--config", str(config), "daemon", "--grace", "5"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+
+
+@pytest.mark.slow
+def test_the_daemon_process_backs_up_then_stops_on_sigterm_and_resumes_a_paused_session(
+    tmp_path: Path,
+) -> None:
+    src = tmp_path / "src"
+    cu.make_tree(src)
+    config = _config(tmp_path, src)
+    state = tmp_path / "state"
+    # SIGTERM in the middle of the first session: it pauses, the daemon exits 0
+    proc = _start(config)
+    cu.wait_until(state, proc, lambda evs: any(isinstance(e, ev.ArchiveSealed) for e in evs))
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    lines = [json.loads(x) for x in err.decode().splitlines()]  # JSON: stderr is a pipe
+    assert lines[0]["event"] == "started" and lines[-1]["event"] == "stopped"
+    (s,) = read_state(state)[0].sessions.values()
+    assert s.state in ("paused", "completed")
+    # started again: it resumes (or, if it had completed, sleeps: not due for an hour)
+    proc = _start(config)
+    cu.wait_until(
+        state, proc, lambda evs: any(isinstance(e, ev.SessionCompleted) for e in evs)
+    )
+    sleeping = lambda evs: isinstance(evs[-1], ev.ScheduleDecided) and evs[-1].action == "sleep"  # noqa: E731
+    cu.wait_until(state, proc, sleeping)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    st, _ = read_state(state)
+    assert [x.state for x in st.sessions.values()] == ["completed"]
+    back = tmp_path / "back"
+    restore_all(state, back)
+    assert describe(back / str(src).lstrip("/")) == describe(src)

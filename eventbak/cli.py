@@ -54,7 +54,7 @@ from eventbak.pipeline.coordinator import (
     vault_ref,
 )
 from eventbak.pipeline.scanner import normalize_roots
-from eventbak.statedir import StateDir, log_path, members, read_state
+from eventbak.statedir import StateDir, lock_holder, log_path, members, read_state
 from eventbak.vaults import open_vault
 
 
@@ -455,6 +455,8 @@ def daemon(c: Ctx, grace: float) -> None:
         every=schedule.parse_every(cfg.every),
         max_failures=cfg.max_failures,
         options=RunOptions(grace=grace, **_upload_limit(c, None)),
+        metrics_file=Path(cfg.metrics_file) if cfg.metrics_file else None,
+        hooks={ds.name: (list(ds.before), list(ds.after)) for ds in c.config.datasets},
     )
     as_json = not sys.stderr.isatty()
 
@@ -974,9 +976,19 @@ def status(c: Ctx, as_json: bool, prometheus: bool) -> None:
     if s is None:
         raise EventbakError("no session in the event log yet")
     d = _session_dict(s)
+    holder = lock_holder(c.state_dir)
+    decisions = {
+        name: {"action": e.action, "until": e.until or None, "why": e.why, "at": e.at}
+        for name, e in state.decisions.items()
+    }
     if as_json:
-        click.echo(json.dumps(d, indent=2))
+        click.echo(json.dumps({**d, "running_pid": holder, "daemon": decisions}, indent=2))
         return
+    if holder is not None:
+        click.echo(f"eventbak process running: pid {holder} (a backup or the daemon)")
+    for name, e in state.decisions.items():
+        until = f" until {_when(e.until)}" if e.until else ""
+        click.echo(f"daemon, dataset {name}: {e.action}{until} ({e.why})")
     click.echo(f"session {s.id} ({s.dataset}): {s.state}")
     click.echo(f"  vault:       {s.vault}")
     click.echo(f"  opened:      {_when(s.opened_at)}   last event: {_when(s.updated_at)}")

@@ -148,6 +148,20 @@ class StateDir:
             self._lock_fd = -1
 
 
+def lock_holder(root: Path) -> int | None:
+    """The pid the lock file names, if that process still runs (a backup or
+    the daemon holding the state dir): for display only. It does not take
+    the lock, not even to probe it, so a backup starting now is never
+    refused because of a status."""
+    try:
+        text = (root / "lock").read_text().strip()
+        pid = int(text)
+        os.kill(pid, 0)
+    except (OSError, ValueError):
+        return None
+    return pid
+
+
 def _lock(path: Path) -> int:
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:

@@ -186,6 +186,12 @@ def sample_events() -> list[ev.Event]:
             why="window 22:00-06:00 (UTC) closed; the next session is due at 22:00",
         )
     )  # fmt: skip
+    add(
+        ev.HookRan(
+            at=t + 19.5, dataset="home", when="before", command="zfs snapshot tank@eventbak",
+            exit_code=1, output="cannot create snapshot: dataset is busy\n",
+        )
+    )  # fmt: skip
     add(opened("s-0002", t + 20, dataset="photos"))
     add(ev.SessionFailed(at=t + 21, session="s-0002", error="vault: permission denied"))
     add(ev.SessionAbandoned(at=t + 22, session="s-0002", reason="replaced by s-0003"))

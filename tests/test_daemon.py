@@ -174,6 +174,7 @@ def _config(tmp: Path, src: Path, windows: str = "always", every: str = "1h") ->
         f'[vaults.v]\nurl = "file://{tmp / "vault"}"\narchive_size = "64KiB"\n'
         f'[[datasets]]\nname = "home"\npaths = ["{src}"]\n'
         f'[schedule]\nwindows = "{windows}"\nevery = "{every}"\n'
+        f'metrics_file = "{tmp / "metrics.prom"}"\n'
     )
     return config
 
@@ -210,6 +211,15 @@ def test_the_daemon_process_backs_up_then_stops_on_sigterm_and_resumes_a_paused_
     )
     sleeping = lambda evs: isinstance(evs[-1], ev.ScheduleDecided) and evs[-1].action == "sleep"  # noqa: E731
     cu.wait_until(state, proc, sleeping)
+    # beside the running daemon: status reads (no lock), and names it
+    status = subprocess.run(
+        [sys.executable, "-m", "eventbak", "--config", str(config), "status"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert status.returncode == 0, status.stderr
+    assert f"eventbak process running: pid {proc.pid}" in status.stdout
+    assert "daemon, dataset home: sleep until" in status.stdout
+    assert (tmp_path / "metrics.prom").read_text().count("eventbak_session_state") > 1
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
@@ -218,3 +228,38 @@ def test_the_daemon_process_backs_up_then_stops_on_sigterm_and_resumes_a_paused_
     back = tmp_path / "back"
     restore_all(state, back)
     assert describe(back / str(src).lstrip("/")) == describe(src)
+
+
+async def test_hooks_run_around_each_run_and_a_failing_before_skips_it(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """`before` fails: no session opens, `after` runs all the same, both are
+    in the log with their output; fixed, the next try backs up."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.txt").write_text("alpha\n")
+    flag, trace = tmp_path / "ok", tmp_path / "trace"
+    before = f"sh -c 'echo snapshot; test -e {flag}'"
+    after = f"sh -c 'echo released >> {trace}'"
+    sd = StateDir.open(tmp_path / "state")
+    try:
+        plan = _plan(src, tmp_path / "vault", "always", "1h")
+        plan.hooks = {"home": ([before], [after])}
+        for until in ("error", "session"):  # the first try fails its hook, the next works
+            if until == "session":
+                assert not sd.state.sessions
+                flag.touch()
+            stopper = Stopper()
+            say = _stop_after(1, until, stopper, [])
+            await service.serve(sd, plan, stopper, service.WallClock(), say)
+        (s,) = sd.state.sessions.values()
+    finally:
+        sd.close()
+    assert s.state == "completed"
+    hooks = [r.event for r in read_log(log_path(tmp_path / "state")).records
+             if isinstance(r.event, ev.HookRan)]  # fmt: skip
+    assert [(h.when, h.exit_code) for h in hooks] == [
+        ("before", 1), ("after", 0), ("before", 0), ("after", 0)
+    ]
+    assert hooks[0].output == "snapshot\n" and hooks[0].command == before
+    assert trace.read_text() == "released\nreleased\n"

@@ -166,6 +166,18 @@ class ScheduleDecided(_Base, frozen=True):
     why: str
 
 
+class HookRan(_Base, frozen=True):
+    """A dataset's `before` or `after` command ran (the daemon, around each
+    of its sessions' runs); `output` is the end of what it printed (stdout
+    and stderr), at most 4 KiB. A failing `before` skips the run."""
+
+    dataset: str
+    when: Literal["before", "after"]
+    command: str
+    exit_code: int  # 127: the program was not found; -N: killed by signal N
+    output: str = ""
+
+
 class SessionFailed(_Base, frozen=True):
     """The session stopped on an error it could not get past."""
 
@@ -443,6 +455,7 @@ _EVERY_OTHER_EVENT = (
     | SessionFailed
     | SessionAbandoned
     | ScheduleDecided
+    | HookRan
     | CatalogStored
     | EntrySkipped
     | EntryChanged

@@ -511,6 +511,10 @@ def _decided(state: State, e: ev.ScheduleDecided, offset: int = -1) -> None:
     state.decisions[e.dataset] = e
 
 
+def _hook_ran(state: State, e: ev.HookRan, offset: int = -1) -> None:
+    return None  # the audit trail only: no lifecycle steps
+
+
 def _truncated(state: State, e: Any, offset: int = -1) -> None:
     state.truncations.append((e.offset, e.dropped))
 
@@ -546,6 +550,7 @@ _HANDLERS: dict[type, Any] = {
     ev.OrphanRemoved: _orphan,
     ev.LogTailTruncated: _truncated,
     ev.ScheduleDecided: _decided,
+    ev.HookRan: _hook_ran,
 }
 
 

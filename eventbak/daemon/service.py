@@ -26,16 +26,19 @@ dir's lock for its whole life (`status`, `restore`, `inspect` only read).
 from __future__ import annotations
 
 import datetime as dt
+import shlex
+import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import trio
 
 from eventbak.core import events as ev
 from eventbak.core.state import SessionState
+from eventbak.daemon import metrics
 from eventbak.daemon.schedule import Decision, Windows, decide
 from eventbak.errors import EventbakError
 from eventbak.keys import has_passphrase_key, store_passphrase_keys
@@ -81,6 +84,10 @@ class Plan:
     every: dt.timedelta
     max_failures: int = 3
     options: RunOptions = field(default_factory=RunOptions)
+    #: rewritten (atomically) each time the daemon decides or a session ends
+    metrics_file: Path | None = None
+    #: dataset -> (before, after) commands around each run of its sessions
+    hooks: dict[str, tuple[list[str], list[str]]] = field(default_factory=dict)
 
 
 def _last_completed(sd: StateDir, req: BackupRequest) -> dt.datetime | None:
@@ -118,6 +125,7 @@ async def serve(
     # test's MockClock, which only this clock follows)
     seen_done: dict[str, dt.datetime] = {}
     while not stopper.reason:
+        _write_metrics(sd, plan, clock, say)
         now = clock.now()
         chosen: tuple[BackupRequest, Decision] | None = None
         wake: dt.datetime | None = None
@@ -157,6 +165,19 @@ async def serve(
         await _sleep(stopper, clock.trio_time(wake) if wake is not None else None)
 
 
+def _write_metrics(
+    sd: StateDir, plan: Plan, clock: WallClock, say: Callable[[dict[str, Any]], None]
+) -> None:
+    if plan.metrics_file is None:
+        return
+    windows = None if plan.windows.always else plan.windows
+    reg = metrics.registry(sd.state, clock.now(), windows, plan.tz)
+    try:
+        metrics.write_file(plan.metrics_file, reg)
+    except OSError as exc:  # the metrics are not worth stopping the backups for
+        say({"event": "error", "error": f"metrics_file {plan.metrics_file}: {exc.strerror}"})
+
+
 def _fail_if_stuck(
     sd: StateDir, s: SessionState | None, max_failures: int, say: Callable[[dict[str, Any]], None]
 ) -> None:
@@ -192,6 +213,27 @@ async def _run(
     clock: WallClock,
     vault_for: Callable[[BackupRequest], Vault] | None,
 ) -> Outcome:
+    before, after = plan.hooks.get(req.dataset, ([], []))
+    try:
+        for command in before:
+            if await _hook(sd, req.dataset, "before", command) != 0:
+                raise EventbakError(f"before hook {command!r} failed: the run is skipped")
+        return await _session(sd, plan, req, d, stopper, clock, vault_for)
+    finally:
+        for command in after:  # always, whatever happened before
+            with trio.CancelScope(shield=True):
+                await _hook(sd, req.dataset, "after", command)
+
+
+async def _session(
+    sd: StateDir,
+    plan: Plan,
+    req: BackupRequest,
+    d: Decision,
+    stopper: Stopper,
+    clock: WallClock,
+    vault_for: Callable[[BackupRequest], Vault] | None,
+) -> Outcome:
     stop_at = clock.trio_time(d.until) if d.until is not None else None
     options = replace(plan.options, stop_at=stop_at, deadline=None, signals=False)
     if vault_for is not None:
@@ -207,6 +249,40 @@ async def _run(
         stopper.detach()
         if vault_for is None:
             vault.close()
+
+
+#: The most a hook may take, and the most of its output kept.
+HOOK_TIMEOUT = 3600.0
+HOOK_OUTPUT = 4096
+
+
+async def _hook(sd: StateDir, dataset: str, when: Literal["before", "after"], command: str) -> int:
+    """Run one hook (split like a shell line, run without a shell) in a
+    thread; record it (`HookRan`) with the end of its output."""
+    code, output = await trio.to_thread.run_sync(_run_hook, command)
+    sd.record(
+        ev.HookRan(
+            at=time.time(), dataset=dataset, when=when, command=command, exit_code=code,
+            output=output,
+        )
+    )  # fmt: skip
+    sd.commit()
+    return code
+
+
+def _run_hook(command: str) -> tuple[int, str]:
+    try:
+        done = subprocess.run(
+            shlex.split(command), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, timeout=HOOK_TIMEOUT, check=False,
+        )  # fmt: skip
+    except FileNotFoundError as exc:
+        return 127, f"{exc.strerror}: {exc.filename}"
+    except subprocess.TimeoutExpired:
+        return -9, f"killed after {HOOK_TIMEOUT:.0f} s"
+    except (OSError, ValueError) as exc:
+        return 126, str(exc)
+    return done.returncode, done.stdout[-HOOK_OUTPUT:].decode(errors="replace")
 
 
 async def _sleep(stopper: Stopper, until: float | None) -> None:

@@ -15,7 +15,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
@@ -56,6 +56,9 @@ from eventbak.pipeline.coordinator import (
 from eventbak.pipeline.scanner import normalize_roots
 from eventbak.statedir import StateDir, lock_holder, log_path, members, read_state
 from eventbak.vaults import open_vault
+
+if TYPE_CHECKING:
+    from eventbak.daemon import service
 
 
 @dataclass
@@ -445,19 +448,16 @@ def daemon(c: Ctx, grace: float) -> None:
     [schedule] every, an unfinished one resumed in the next window. SIGTERM
     or SIGINT: the session running pauses, exit 0. Lines on stderr: JSON
     when it is not a terminal."""
-    from eventbak.daemon import schedule, service
+    from eventbak.daemon import service
 
-    cfg = c.config.schedule
-    plan = service.Plan(
-        reqs=_requests(c, (), None, None, None),
-        windows=schedule.parse_windows(cfg.windows),
-        tz=schedule.parse_timezone(cfg.timezone),
-        every=schedule.parse_every(cfg.every),
-        max_failures=cfg.max_failures,
-        options=RunOptions(grace=grace, **_upload_limit(c, None)),
-        metrics_file=Path(cfg.metrics_file) if cfg.metrics_file else None,
-        hooks={ds.name: (list(ds.before), list(ds.after)) for ds in c.config.datasets},
-    )
+    def load() -> service.Plan:
+        """The config read again (SIGHUP): a ConfigError keeps the old one."""
+        if c.config_path is None:
+            raise UsageError("no --config file to read again")
+        fresh = Ctx(load_config(c.config_path), c.config_path, c.state_dir, c.verbose)
+        return _daemon_plan(fresh, grace)
+
+    plan = _daemon_plan(c, grace)
     as_json = not sys.stderr.isatty()
 
     def say(line: dict[str, Any]) -> None:
@@ -468,7 +468,24 @@ def daemon(c: Ctx, grace: float) -> None:
             rest = " ".join(f"{k}={v}" for k, v in line.items() if k not in ("at", "pid"))
             click.echo(f"{_when(line['at'])} {rest}", err=True)
 
-    service.run(c.state_dir, plan, say)
+    service.run(c.state_dir, plan, say, load)
+
+
+def _daemon_plan(c: Ctx, grace: float) -> service.Plan:
+    """The daemon's plan from a config: its datasets, schedule, hooks."""
+    from eventbak.daemon import schedule, service
+
+    cfg = c.config.schedule
+    return service.Plan(
+        reqs=_requests(c, (), None, None, None),
+        windows=schedule.parse_windows(cfg.windows),
+        tz=schedule.parse_timezone(cfg.timezone),
+        every=schedule.parse_every(cfg.every),
+        max_failures=cfg.max_failures,
+        options=RunOptions(grace=grace, **_upload_limit(c, None)),
+        metrics_file=Path(cfg.metrics_file) if cfg.metrics_file else None,
+        hooks={ds.name: (list(ds.before), list(ds.after)) for ds in c.config.datasets},
+    )
 
 
 def _deadline(until: str | None, max_duration: str | None) -> float | None:

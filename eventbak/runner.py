@@ -117,10 +117,12 @@ class Stopper:
 class EarlySignals:
     """From `with` on, SIGTERM/SIGINT are remembered instead of killing the
     process (in the main thread; elsewhere nothing is installed); the first
-    one is `reason`. The handlers before are put back at the end."""
+    one is `reason`. Signals in `ignore` (the daemon's SIGHUP) are ignored
+    until Trio watches them. The handlers before are put back at the end."""
 
-    def __init__(self) -> None:
+    def __init__(self, ignore: tuple[signal.Signals, ...] = ()) -> None:
         self.reason = ""
+        self.ignore = ignore
         self._before: dict[int, Any] = {}
 
     def _remember(self, signum: int, frame: FrameType | None) -> None:
@@ -131,6 +133,8 @@ class EarlySignals:
         if threading.current_thread() is threading.main_thread():
             for sig in STOP_SIGNALS:
                 self._before[sig] = signal.signal(sig, self._remember)
+            for sig in self.ignore:
+                self._before[sig] = signal.signal(sig, signal.SIG_IGN)
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -263,3 +263,47 @@ async def test_hooks_run_around_each_run_and_a_failing_before_skips_it(
     ]
     assert hooks[0].output == "snapshot\n" and hooks[0].command == before
     assert trace.read_text() == "released\nreleased\n"
+
+
+@pytest.mark.slow
+def test_sighup_reads_the_config_again_and_keeps_the_old_one_if_it_is_bad(
+    tmp_path: Path,
+) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.txt").write_text("alpha\n")
+    config = _config(tmp_path, src, every="1h")
+    state = tmp_path / "state"
+    proc = _start(config)
+
+    def sleeping(evs: list[ev.Event]) -> bool:
+        return isinstance(evs[-1], ev.ScheduleDecided) and evs[-1].action == "sleep"
+
+    def sessions(n: int) -> object:
+        return lambda evs: sum(isinstance(e, ev.SessionCompleted) for e in evs) >= n
+
+    cu.wait_until(state, proc, sessions(1))
+    cu.wait_until(state, proc, sleeping)
+    good = config.read_text()
+    config.write_text(good.replace('windows = "always"', 'windows = "25:00-06:00"'))
+    proc.send_signal(signal.SIGHUP)
+    config_fixed = good.replace('every = "1h"', 'every = "1s"')
+    # the bad config is refused (logged), the daemon sleeps on; then a good one
+    # whose cadence makes a session due at once: a second session follows
+    refused = b'"ok": false'
+    out = b""
+    assert proc.stderr is not None
+    while refused not in out:
+        line = proc.stderr.readline()
+        assert line, "the daemon ended"
+        out += line
+    assert b"schedule.windows" in out
+    config.write_text(config_fixed)
+    proc.send_signal(signal.SIGHUP)
+    cu.wait_until(state, proc, sessions(2))
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=60)
+    assert proc.returncode == 0
+    st, _ = read_state(state)
+    first, second = st.sessions.values()
+    assert second.base == first.id and second.state == "completed"

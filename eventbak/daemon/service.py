@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import datetime as dt
 import shlex
+import signal
 import subprocess
 import time
 from collections.abc import Callable
@@ -109,6 +110,22 @@ def _error_streak(s: SessionState) -> int:
     return n
 
 
+class Reload:
+    """SIGHUP: the config read again, taken at the daemon's next decision (a
+    session running goes on with the old one). `load` returns the new plan
+    or raises an EventbakError saying why it cannot (the old plan stays)."""
+
+    def __init__(self, load: Callable[[], Plan]) -> None:
+        self.load = load
+        self.requested = trio.Event()
+
+    async def watch(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        with trio.open_signal_receiver(signal.SIGHUP) as signals:
+            task_status.started()
+            async for _ in signals:
+                self.requested.set()
+
+
 async def serve(
     sd: StateDir,
     plan: Plan,
@@ -116,6 +133,7 @@ async def serve(
     clock: WallClock | None = None,
     say: Callable[[dict[str, Any]], None] = lambda line: None,
     vault_for: Callable[[BackupRequest], Vault] | None = None,
+    reload: Reload | None = None,
 ) -> None:
     """Run until `stopper` stops (a signal): decide, run or sleep, again."""
     clock = clock or WallClock()
@@ -125,6 +143,9 @@ async def serve(
     # test's MockClock, which only this clock follows)
     seen_done: dict[str, dt.datetime] = {}
     while not stopper.reason:
+        if reload is not None and reload.requested.is_set():
+            reload.requested = trio.Event()
+            plan = _reloaded(plan, reload, say)
         _write_metrics(sd, plan, clock, say)
         now = clock.now()
         chosen: tuple[BackupRequest, Decision] | None = None
@@ -162,7 +183,17 @@ async def serve(
             elif outcome.state == "completed":
                 seen_done[req.dataset] = clock.now()
             continue
-        await _sleep(stopper, clock.trio_time(wake) if wake is not None else None)
+        await _sleep(stopper, clock.trio_time(wake) if wake is not None else None, reload)
+
+
+def _reloaded(plan: Plan, reload: Reload, say: Callable[[dict[str, Any]], None]) -> Plan:
+    try:
+        new = reload.load()
+    except EventbakError as exc:
+        say({"event": "reload", "ok": False, "error": str(exc), "kept": "the old config"})
+        return plan
+    say({"event": "reload", "ok": True, "datasets": [r.dataset for r in new.reqs]})
+    return new
 
 
 def _write_metrics(
@@ -285,31 +316,51 @@ def _run_hook(command: str) -> tuple[int, str]:
     return done.returncode, done.stdout[-HOOK_OUTPUT:].decode(errors="replace")
 
 
-async def _sleep(stopper: Stopper, until: float | None) -> None:
-    """Until the Trio time `until` (None: for ever) or a stop request."""
-    with trio.move_on_at(until if until is not None else float("inf")):
-        await stopper.stopping.wait()
+async def _sleep(stopper: Stopper, until: float | None, reload: Reload | None = None) -> None:
+    """Until the Trio time `until` (None: for ever), a stop request or SIGHUP."""
+    with trio.move_on_at(until if until is not None else float("inf")) as scope:
+        async with trio.open_nursery() as nursery:
+
+            async def wake_on(event: trio.Event) -> None:
+                await event.wait()
+                scope.cancel()
+
+            nursery.start_soon(wake_on, stopper.stopping)
+            if reload is not None:
+                nursery.start_soon(wake_on, reload.requested)
 
 
-def run(state_dir: Path, plan: Plan, say: Callable[[dict[str, Any]], None]) -> None:
+def run(
+    state_dir: Path,
+    plan: Plan,
+    say: Callable[[dict[str, Any]], None],
+    load: Callable[[], Plan] | None = None,
+) -> None:
     """`eventbak daemon`: the state dir held (its lock) for the daemon's life,
     signals watched from the start (the runner's `EarlySignals`, then one
     Trio watcher), `serve` until SIGTERM or SIGINT."""
-    with EarlySignals() as early:
+    with EarlySignals(ignore=(signal.SIGHUP,)) as early:
         sd = StateDir.open(state_dir)
         try:
             say({"event": "started", "state_dir": str(state_dir),
                  "datasets": [r.dataset for r in plan.reqs]})  # fmt: skip
-            trio.run(_watched, sd, plan, Stopper(early.reason), say)
+            reload = Reload(load) if load is not None else None
+            trio.run(_watched, sd, plan, Stopper(early.reason), say, reload)
         finally:
             sd.close()
     say({"event": "stopped"})
 
 
 async def _watched(
-    sd: StateDir, plan: Plan, stopper: Stopper, say: Callable[[dict[str, Any]], None]
+    sd: StateDir,
+    plan: Plan,
+    stopper: Stopper,
+    say: Callable[[dict[str, Any]], None],
+    reload: Reload | None,
 ) -> None:
     async with trio.open_nursery() as nursery:
         await nursery.start(stopper.watch_signals)
-        await serve(sd, plan, stopper, None, say)
+        if reload is not None:
+            await nursery.start(reload.watch)
+        await serve(sd, plan, stopper, None, say, reload=reload)
         nursery.cancel_scope.cancel()

@@ -307,3 +307,44 @@ def test_sighup_reads_the_config_again_and_keeps_the_old_one_if_it_is_bad(
     st, _ = read_state(state)
     first, second = st.sessions.values()
     assert second.base == first.id and second.state == "completed"
+
+
+@pytest.mark.slow
+def test_a_session_spanning_three_short_windows_completes_and_restores(tmp_path: Path) -> None:
+    """Five windows of 3 s, 2 s apart, and 8 MiB to upload at 1MiB/s: the
+    session cannot fit in fewer than three windows (the limit bounds it from
+    above), pauses at each window's end, resumes in the next, and completes."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(32):
+        (src / f"f{i:02d}.bin").write_bytes(os.urandom(256 * 1024))
+    start = dt.datetime.now(dt.UTC).replace(microsecond=0) + dt.timedelta(seconds=3)
+    windows = []
+    for k in range(5):
+        opens = start + dt.timedelta(seconds=5 * k)
+        windows.append(f"{opens:%H:%M:%S}-{opens + dt.timedelta(seconds=3):%H:%M:%S}")
+    config = _config(tmp_path, src, windows="X", every="1h")
+    config.write_text(
+        config.read_text()
+        .replace('windows = "X"', "windows = [" + ", ".join(f'"{w}"' for w in windows) + "]")
+        .replace("[schedule]\n", '[schedule]\ntimezone = "UTC"\nupload_limit = "1MiB/s"\n')
+    )
+    state = tmp_path / "state"
+    proc = _start(config)
+    try:
+        done = lambda evs: any(isinstance(e, ev.SessionCompleted) for e in evs)  # noqa: E731
+        cu.wait_until(state, proc, done, timeout=60)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=60)
+    assert proc.returncode == 0
+    st, _ = read_state(state)
+    (s,) = st.sessions.values()
+    assert s.state == "completed"
+    assert len(s.pauses) >= 2 and set(s.pauses) == {"deadline"}, s.pauses
+    events = [r.event for r in read_log(log_path(state)).records]
+    sleeps = [e for e in events if isinstance(e, ev.ScheduleDecided) and e.action == "sleep"]
+    assert len(sleeps) >= 3  # before the first window, and between the windows
+    back = tmp_path / "back"
+    restore_all(state, back)
+    assert describe(back / str(src).lstrip("/")) == describe(src)

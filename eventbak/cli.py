@@ -993,6 +993,7 @@ def status(c: Ctx, as_json: bool, prometheus: bool) -> None:
     if s is None:
         raise EventbakError("no session in the event log yet")
     d = _session_dict(s)
+    d.update(_progress_of(state, s))
     holder = lock_holder(c.state_dir)
     decisions = {
         name: {"action": e.action, "until": e.until or None, "why": e.why, "at": e.at}
@@ -1020,6 +1021,41 @@ def status(c: Ctx, as_json: bool, prometheus: bool) -> None:
     click.echo(f"  interrupted: {s.interruptions} times ({why})")
     if s.error:
         click.echo(f"  error:       {s.error}")
+    p = d
+    if p["upload_rate_mb_s"] is not None:
+        click.echo(f"  upload rate: {p['upload_rate_mb_s']} MB/s over the session")
+    if p["bytes_expected"] is not None and s.unfinished:
+        click.echo(
+            f"  remaining:   about {_human(p['bytes_remaining'])} (the last session of "
+            f"{s.dataset} stored {_human(p['bytes_expected'])})"
+        )
+    last = p["last_completed"]
+    if last is not None:
+        age = time.time() - last["completed_at"]
+        click.echo(
+            f"  last completed session of {s.dataset}: {last['session']}, "
+            f"{age / 3600:.1f} h ago"
+        )
+
+
+def _progress_of(state: State, s: SessionState) -> dict[str, Any]:
+    """What status adds to a session: the dataset's last completed session
+    (and its age), the bytes the session may still store (estimated from what
+    the last completed session stored), its upload rate so far."""
+    done = [x for x in state.sessions.values() if x.dataset == s.dataset and x.state == "completed"]
+    last = done[-1] if done else None
+    before = [x for x in done if x.id != s.id]
+    elapsed = s.updated_at - s.opened_at
+    rate = round(s.bytes_uploaded / elapsed / 1e6, 2) if elapsed > 0 and s.bytes_uploaded else None
+    expected = before[-1].bytes if before else None
+    return {
+        "last_completed": None if last is None else {
+            "session": last.id, "completed_at": last.updated_at,
+        },
+        "bytes_expected": expected,
+        "bytes_remaining": None if expected is None else max(0, expected - s.bytes),
+        "upload_rate_mb_s": rate,
+    }  # fmt: skip
 
 
 def _event_line(seq: int, offset: int, e: ev.Event | ev.HeadEvent) -> str:

@@ -144,6 +144,8 @@ class StateDir:
                 self.checkpoint()
         self.log.close()
         if self._lock_fd >= 0:
+            with contextlib.suppress(OSError):  # no pid: nobody holds it now
+                os.ftruncate(self._lock_fd, 0)
             os.close(self._lock_fd)
             self._lock_fd = -1
 

@@ -348,3 +348,69 @@ def test_a_session_spanning_three_short_windows_completes_and_restores(tmp_path:
     back = tmp_path / "back"
     restore_all(state, back)
     assert describe(back / str(src).lstrip("/")) == describe(src)
+
+
+async def test_an_unexpected_exception_pauses_the_session_with_it_and_ends_the_daemon(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """A bug (here: a vault step raising RuntimeError) is not an error to
+    retry: the session is paused with it in the log, and the exception ends
+    the daemon (exit non-zero, for the supervisor to restart it)."""
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.txt").write_text("alpha\n")
+    vault = tmp_path / "vault"
+
+    class Buggy:
+        def __init__(self) -> None:
+            from eventbak.vaults import open_vault
+
+            self.inner = open_vault(f"file://{vault}")
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(self.inner, name)
+
+        def put(self, *args: object) -> object:
+            raise RuntimeError("a bug in the vault")
+
+    sd = StateDir.open(tmp_path / "state")
+    try:
+        buggy = Buggy()
+        with pytest.raises(BaseException) as info:
+            await service.serve(
+                sd, _plan(src, vault, "always", "1h"), Stopper(), service.WallClock(),
+                vault_for=lambda r: buggy,  # type: ignore[arg-type,return-value]
+            )  # fmt: skip
+        assert "a bug in the vault" in repr(info.value) or any(
+            "a bug in the vault" in str(e) for e in getattr(info.value, "exceptions", [])
+        )
+        (s,) = sd.state.sessions.values()
+    finally:
+        sd.close()
+    assert s.state == "paused"
+    assert s.pauses == ["error: unexpected RuntimeError: a bug in the vault"]
+
+
+def test_status_gives_the_last_completed_session_and_what_the_last_one_stored(
+    tmp_path: Path,
+) -> None:
+    from tests.treeutil import backup
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.bin").write_bytes(os.urandom(50_000))
+    first = backup(tmp_path / "state", tmp_path / "vault", [src])
+    (src / "b.bin").write_bytes(os.urandom(20_000))
+    second = backup(tmp_path / "state", tmp_path / "vault", [src])
+    done = subprocess.run(
+        [sys.executable, "-m", "eventbak", "--state-dir", str(tmp_path / "state"), "status",
+         "--json"], capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    st = json.loads(done.stdout)
+    assert st["session"] == second.session.id
+    assert st["last_completed"]["session"] == second.session.id
+    assert st["bytes_expected"] == first.session.bytes == 50_000
+    assert st["bytes_remaining"] == 50_000 - 20_000
+    assert st["running_pid"] is None and st["daemon"] == {}

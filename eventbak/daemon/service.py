@@ -163,7 +163,7 @@ async def serve(
             if d.action != "sleep" and retry_at.get(req.dataset, now) > now:
                 until = retry_at[req.dataset]
                 d = Decision("sleep", until, f"retrying after an error at {until:%H:%M:%S} UTC")
-            _record(sd, req.dataset, d, say)
+            _record(sd, req.dataset, d, say, unfinished.id if unfinished else "")
             if d.action != "sleep" and chosen is None:
                 chosen = (req, d)
             elif d.action == "sleep" and d.until is not None:
@@ -222,7 +222,11 @@ def _fail_if_stuck(
 
 
 def _record(
-    sd: StateDir, dataset: str, d: Decision, say: Callable[[dict[str, Any]], None]
+    sd: StateDir,
+    dataset: str,
+    d: Decision,
+    say: Callable[[dict[str, Any]], None],
+    session: str = "",
 ) -> None:
     last = sd.state.decisions.get(dataset)
     until = d.until.timestamp() if d.until is not None else 0.0
@@ -232,7 +236,8 @@ def _record(
         ev.ScheduleDecided(at=time.time(), dataset=dataset, action=d.action, until=until, why=d.why)
     )
     sd.commit()
-    say({"event": "decided", "dataset": dataset, "action": d.action, "why": d.why})
+    line = {"event": "decided", "dataset": dataset, "action": d.action, "why": d.why}
+    say({**line, "session": session} if session else line)
 
 
 async def _run(

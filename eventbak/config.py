@@ -335,10 +335,13 @@ def check_recipient(text: str) -> str:
 
 
 def check_vault_url(url: str, options: dict[str, object] | None = None) -> None:
-    """Only syntax here (UsageError if bad); vaults/ opens and checks the target."""
-    from eventbak.vaults.url import parse_vault
+    """Only syntax here (UsageError if bad); vaults/ opens and checks the target.
+    A date tag is checked filled in (vaults/url.py `expand_date`)."""
+    from datetime import datetime
 
-    parse_vault(url, options)
+    from eventbak.vaults.url import expand_date, parse_vault
+
+    parse_vault(expand_date(url, datetime(2026, 1, 31)), options)
 
 
 def xdg_dir(env: str, fallback: str) -> Path:

@@ -31,6 +31,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -46,6 +47,7 @@ from eventbak.pipeline.coordinator import (
     Progress,
     RunOptions,
     Session,
+    dated,
     find_unfinished,
     first_error,
     run_session,
@@ -173,6 +175,7 @@ async def run_datasets(
             await nursery.start(stopper.watch_signals)
         try:
             for req in reqs:
+                req = dated(sd, req, datetime.now())
                 # a signal before (or between) sessions pauses the next one at
                 # once: it opens or resumes, then records why it stopped
                 hooks.starting(req, find_unfinished(sd, req))

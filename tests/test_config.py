@@ -323,6 +323,11 @@ BAD: list[tuple[str, str | bytes, list[str]]] = [
     ("duplicate TOML key", 'state_dir = "/a"\nstate_dir = "/b"\n', ["invalid TOML"]),
     ("not UTF-8", b'state_dir = "/home/caf\xe9"\n', ["not UTF-8"]),
     (
+        "a vault's date tag with a format that is not a date",
+        '[vaults.x]\nurl = "s3://b/p-{date:%Y/..}"\n',
+        ["vaults.x", "date format"],
+    ),
+    (
         "malformed window",
         '[schedule]\nwindows = ["22:00-06:00", "25:00-06:00"]\n',
         ["key schedule.windows[1]", "25:00-06:00"],
@@ -361,6 +366,11 @@ BAD: list[tuple[str, str | bytes, list[str]]] = [
         ["datasets[0].vault", "'y'"],
     ),
 ]
+
+
+def test_a_vault_url_with_a_date_tag_loads(tmp_path: Path) -> None:
+    p = write(tmp_path, '[vaults.x]\nurl = "glacier://photos-{date:%Y-%m}?region=eu-west-1"\n')
+    assert load_config(p).vaults["x"].url.endswith("{date:%Y-%m}?region=eu-west-1")
 
 
 def test_a_valid_schedule_and_hooks_load(tmp_path: Path) -> None:

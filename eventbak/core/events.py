@@ -103,6 +103,10 @@ class SessionOpened(_Base, frozen=True):
     #: that do not keep them stable: some network and FUSE mounts).
     ignore_inode: bool = False
     ignore_ctime: bool = False
+    #: The vault URL as configured when it carries a date tag
+    #: (`s3://b/photos-{date:%Y-%m}`): `vault` is the vault it named the day
+    #: the session opened, kept for the session's life.
+    vault_template: str = ""
 
 
 class SessionResumed(_Base, frozen=True):

@@ -168,6 +168,7 @@ class SessionState:
     always_compress: list[str] = field(default_factory=list)
     never_compress: list[str] = field(default_factory=list)
     base: str = ""  # the completed session it stores the changes since
+    vault_template: str = ""  # the configured vault URL, with its date tag
     ignore_inode: bool = False
     ignore_ctime: bool = False
 
@@ -316,6 +317,7 @@ def _opened(state: State, e: Any, offset: int = -1) -> None:
         always_compress=list(e.always_compress),
         never_compress=list(e.never_compress),
         base=e.base,
+        vault_template=e.vault_template,
         ignore_inode=e.ignore_inode,
         ignore_ctime=e.ignore_ctime,
     )

@@ -47,6 +47,7 @@ from eventbak.pipeline.coordinator import (
     BackupRequest,
     Outcome,
     RunOptions,
+    dated,
     find_unfinished,
     run_session,
 )
@@ -151,6 +152,7 @@ async def serve(
         chosen: tuple[BackupRequest, Decision] | None = None
         wake: dt.datetime | None = None
         for req in plan.reqs:
+            req = dated(sd, req, now.astimezone(plan.tz))
             unfinished = find_unfinished(sd, req)
             _fail_if_stuck(sd, unfinished, plan.max_failures, say)
             unfinished = find_unfinished(sd, req)

@@ -43,6 +43,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from dataclasses import replace as dc_replace
 from typing import Protocol
 
 import trio
@@ -67,6 +68,7 @@ from eventbak.pipeline.scanner import key as walk_key
 from eventbak.pipeline.uploader import Transfers
 from eventbak.statedir import StateDir
 from eventbak.vaults import Vault, parse_vault
+from eventbak.vaults.url import expand_date, has_date_tag
 
 BATCH_ENTRIES = 512
 BATCH_BYTES = 16 * 1024 * 1024
@@ -96,6 +98,8 @@ class BackupRequest:
     ignore_ctime: bool = False
     #: store everything, not only what changed since the last completed session
     full: bool = False
+    #: the configured vault URL when it has a date tag (`dated` fills it in)
+    vault_template: str = ""
 
     @property
     def format(self) -> ArchiveFormat:
@@ -665,12 +669,26 @@ def open_session(sd: StateDir, req: BackupRequest, vault: Vault) -> str:
             always_compress=req.always_compress,
             never_compress=req.never_compress,
             base=find_base(sd, req, vault),
+            vault_template=req.vault_template,
             ignore_inode=req.ignore_inode,
             ignore_ctime=req.ignore_ctime,
         )
     )
     sd.commit()
     return sid
+
+
+def dated(sd: StateDir, req: BackupRequest, when: dt.datetime) -> BackupRequest:
+    """The request with the vault its URL's date tag names, if it has one:
+    the vault of the lineage's unfinished session (fixed for the session's
+    life, whatever the day), else the vault of `when` (local time)."""
+    if not has_date_tag(req.vault_url):
+        return req
+    for s in reversed(sd.state.unfinished_sessions()):
+        if s.dataset == req.dataset and s.paths == req.paths and s.vault_template == req.vault_url:
+            return dc_replace(req, vault_url=s.vault_url, vault_template=req.vault_url)
+    url = expand_date(req.vault_url, when)
+    return dc_replace(req, vault_url=url, vault_template=req.vault_url)
 
 
 def find_unfinished(sd: StateDir, req: BackupRequest) -> SessionState | None:

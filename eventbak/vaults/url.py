@@ -15,6 +15,7 @@ import re
 import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Literal
 
 from eventbak.errors import UsageError
@@ -189,3 +190,27 @@ def parse_vault(url: str, table: Mapping[str, object] | None = None) -> VaultSpe
         endpoint_url=endpoint, region=region, part_size=part_size, concurrency=concurrency,
         options=opts,
     )  # fmt: skip
+
+
+#: `{date}` (YYYY-MM-DD) or `{date:FORMAT}` (strftime codes, `%Y-%m` for a
+#: vault per month) in a vault URL: a session opened with it keeps the vault
+#: it named that day for its whole life (resumed in it on later days).
+_DATE_TAG = re.compile(r"\{date(?::([^{}]*))?\}")
+_FORMAT = re.compile(r"^(?:%[YmdjUWGVuaAbBH]|[-_.A-Za-z0-9])+$")
+
+
+def has_date_tag(url: str) -> bool:
+    return _DATE_TAG.search(url) is not None
+
+
+def expand_date(url: str, when: datetime) -> str:
+    """`url` with its date tags filled in for `when` (UsageError for a format
+    that is not a plain date: strftime codes and `-_.` letters digits)."""
+
+    def fill(m: re.Match[str]) -> str:
+        fmt = m.group(1) if m.group(1) is not None else "%Y-%m-%d"
+        if not _FORMAT.match(fmt):
+            raise _bad(url, f"{m.group(0)}: a date format of strftime codes and - _ . only")
+        return when.strftime(fmt)
+
+    return _DATE_TAG.sub(fill, url)

@@ -211,6 +211,15 @@ def test_the_daemon_process_backs_up_then_stops_on_sigterm_and_resumes_a_paused_
     )
     sleeping = lambda evs: isinstance(evs[-1], ev.ScheduleDecided) and evs[-1].action == "sleep"  # noqa: E731
     cu.wait_until(state, proc, sleeping)
+    # one daemon per state dir: a second one is refused, in one line
+    second = subprocess.run(
+        [sys.executable, "-m", "eventbak", "--config", str(config), "daemon"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert second.returncode == 1 and f"in use by another eventbak process (pid {proc.pid})" in (
+        second.stderr
+    ), second.stderr
+    assert (state / "checkpoint").exists()  # written after each session, not only at exit
     # beside the running daemon: status reads (no lock), and names it
     status = subprocess.run(
         [sys.executable, "-m", "eventbak", "--config", str(config), "status"],

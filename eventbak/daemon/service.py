@@ -180,6 +180,7 @@ async def serve(
                 continue
             say({"event": "session", "dataset": req.dataset, "session": outcome.session.id,
                  "state": outcome.state, "paused_for": outcome.paused_for})  # fmt: skip
+            sd.checkpoint()  # status and a restart fold only what follows
             if outcome.error:
                 retry_at[req.dataset] = clock.now() + RETRY
             elif outcome.state == "completed":

@@ -423,3 +423,52 @@ def test_status_gives_the_last_completed_session_and_what_the_last_one_stored(
     assert st["bytes_expected"] == first.session.bytes == 50_000
     assert st["bytes_remaining"] == 50_000 - 20_000
     assert st["running_pid"] is None and st["daemon"] == {}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("s3_server", ["moto"], indirect=True)
+def test_windows_shorter_than_an_archive_still_make_progress_part_by_part(
+    tmp_path: Path, s3_bucket: object
+) -> None:
+    """One 20 MiB archive in 5 MiB parts at 4MiB/s (5 s of upload) through
+    windows of 2 s: every window records the parts the vault confirmed, the
+    next one sends only the others (no part number twice), and the archive
+    completes across windows and restores identical."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "big.bin").write_bytes(os.urandom(19 * 1024 * 1024))
+    start = dt.datetime.now(dt.UTC).replace(microsecond=0) + dt.timedelta(seconds=3)
+    windows = [
+        f"{start + dt.timedelta(seconds=4 * k):%H:%M:%S}-"
+        f"{start + dt.timedelta(seconds=4 * k + 2):%H:%M:%S}"
+        for k in range(8)
+    ]
+    url = s3_bucket.url(part_size="5MiB", concurrency=1)  # type: ignore[attr-defined]
+    state = tmp_path / "state"
+    config = tmp_path / "eventbak.toml"
+    config.write_text(
+        f'state_dir = "{state}"\n[vaults.v]\nurl = "{url}"\narchive_size = "32MiB"\n'
+        f'[[datasets]]\nname = "home"\npaths = ["{src}"]\ncompression = "none"\n'
+        '[schedule]\ntimezone = "UTC"\nupload_limit = "4MiB/s"\nevery = "1h"\n'
+        "windows = [" + ", ".join(f'"{w}"' for w in windows) + "]\n"
+    )
+    proc = _start(config)
+    try:
+        done = lambda evs: any(isinstance(e, ev.SessionCompleted) for e in evs)  # noqa: E731
+        cu.wait_until(state, proc, done, timeout=90)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=60)
+    events = [r.event for r in read_log(log_path(state)).records]
+    parts = [e.part for e in events if isinstance(e, ev.PartUploaded)]
+    assert sorted(parts) == [1, 2, 3, 4] == sorted(set(parts))  # each part sent once
+    runs: list[list[int]] = [[]]
+    for e in events:
+        if isinstance(e, ev.SessionPaused):
+            runs.append([])
+        elif isinstance(e, ev.PartUploaded):
+            runs[-1].append(e.part)
+    assert sum(1 for r in runs if r) >= 2, runs  # the parts went out over two windows or more
+    back = tmp_path / "back"
+    restore_all(state, back)
+    assert describe(back / str(src).lstrip("/")) == describe(src)

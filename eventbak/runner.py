@@ -198,6 +198,20 @@ async def _one(
     stopper: Stopper,
     vault_for: Callable[[BackupRequest], Vault] | None,
 ) -> Outcome:
+    return await one_session(sd, req, options, stopper, hooks.progress(req), vault_for)
+
+
+async def one_session(
+    sd: StateDir,
+    req: BackupRequest,
+    options: RunOptions,
+    stopper: Stopper,
+    on_progress: Callable[[Progress], None] | None = None,
+    vault_for: Callable[[BackupRequest], Vault] | None = None,
+) -> Outcome:
+    """One run of a request's session (new or resumed) in its vault, opened
+    here unless `vault_for` gives it (then the caller's): passphrase keys go
+    in first (a new vault is prepared for them)."""
     if vault_for is not None:
         vault = vault_for(req)
     else:
@@ -206,7 +220,7 @@ async def _one(
         if has_passphrase_key(sd.root, req.recipients):
             await trio.to_thread.run_sync(vault.prepare)  # a new vault before its first key
             await trio.to_thread.run_sync(store_passphrase_keys, sd.root, req.recipients, vault)
-        return await run_session(sd, req, vault, hooks.progress(req), options, stopper)
+        return await run_session(sd, req, vault, on_progress, options, stopper)
     finally:
         stopper.detach()
         if vault_for is None:

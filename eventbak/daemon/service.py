@@ -42,18 +42,16 @@ from eventbak.core.state import SessionState
 from eventbak.daemon import metrics
 from eventbak.daemon.schedule import Decision, Windows, decide
 from eventbak.errors import EventbakError
-from eventbak.keys import has_passphrase_key, store_passphrase_keys
 from eventbak.pipeline.coordinator import (
     BackupRequest,
     Outcome,
     RunOptions,
     dated,
     find_unfinished,
-    run_session,
 )
-from eventbak.runner import EarlySignals, Stopper
+from eventbak.runner import EarlySignals, Stopper, one_session
 from eventbak.statedir import StateDir
-from eventbak.vaults import Vault, open_vault
+from eventbak.vaults import Vault
 
 #: How long after an error a session is tried again (if its window is still open).
 RETRY = dt.timedelta(minutes=5)
@@ -257,37 +255,13 @@ async def _run(
         for command in before:
             if await _hook(sd, req.dataset, "before", command) != 0:
                 raise EventbakError(f"before hook {command!r} failed: the run is skipped")
-        return await _session(sd, plan, req, d, stopper, clock, vault_for)
+        stop_at = clock.trio_time(d.until) if d.until is not None else None
+        options = replace(plan.options, stop_at=stop_at, deadline=None, signals=False)
+        return await one_session(sd, req, options, stopper, None, vault_for)
     finally:
         for command in after:  # always, whatever happened before
             with trio.CancelScope(shield=True):
                 await _hook(sd, req.dataset, "after", command)
-
-
-async def _session(
-    sd: StateDir,
-    plan: Plan,
-    req: BackupRequest,
-    d: Decision,
-    stopper: Stopper,
-    clock: WallClock,
-    vault_for: Callable[[BackupRequest], Vault] | None,
-) -> Outcome:
-    stop_at = clock.trio_time(d.until) if d.until is not None else None
-    options = replace(plan.options, stop_at=stop_at, deadline=None, signals=False)
-    if vault_for is not None:
-        vault = vault_for(req)
-    else:
-        vault = open_vault(req.vault_url, req.vault_options)
-    try:
-        if has_passphrase_key(sd.root, req.recipients):
-            await trio.to_thread.run_sync(vault.prepare)  # a new vault before its first key
-            await trio.to_thread.run_sync(store_passphrase_keys, sd.root, req.recipients, vault)
-        return await run_session(sd, req, vault, None, options, stopper)
-    finally:
-        stopper.detach()
-        if vault_for is None:
-            vault.close()
 
 
 #: The most a hook may take, and the most of its output kept.

@@ -110,6 +110,9 @@ class Plan:
     size: int
     missing: int = 0  # members in archives that are not uploaded
     warnings: list[str] = field(default_factory=list)
+    #: symlinks made from the catalog alone (manifests written before a
+    #: symlink's entry named its archive), after the archives
+    symlinks: list[Item] = field(default_factory=list)
 
 
 def choose_sessions(state: State, session: str | None) -> list[SessionState]:
@@ -251,6 +254,10 @@ def plan_restore(
             if m.kind == "dir":
                 plan.dirs.append(Item(m, dest))
                 continue
+            if m.kind == "symlink" and a is None:
+                plan.symlinks.append(Item(m, dest))
+                plan.count += 1
+                continue
             if m.kind == "hardlink":
                 if m.target in selected:
                     plan.links.append(Item(m, dest))
@@ -276,8 +283,8 @@ def plan_restore(
 
 
 #: Where a path's bytes are: the archive and member of each piece (a split
-#: file's segments in order; one for a symlink; no archive for a directory
-#: or a hard link, made from the catalog).
+#: file's segments in order; one for a symlink; no archive for a directory,
+#: a hard link, or a symlink whose entry names none: made from the catalog).
 _Pieces = list[tuple[ArchiveState | None, ev.Member]]
 
 
@@ -292,7 +299,7 @@ def _pieces(state: State, s: SessionState, e: ManifestEntry) -> _Pieces:
             zstd=e.zstd, ctime_ns=e.ctime_ns, ino=e.ino,
         )  # fmt: skip
 
-    if e.kind in ("dir", "hardlink"):
+    if e.kind in ("dir", "hardlink") or (e.kind == "symlink" and not e.where):
         return [(None, member())]
     if not e.where:
         raise ManifestError(
@@ -1356,7 +1363,7 @@ def _restore(
             for items in wanted.values()
             for i in items
             if not i.member.segmented or i.member.offset == 0
-        ] + [ex.dest(i.dest) for i in plan.links]
+        ] + [ex.dest(i.dest) for i in plan.links + plan.symlinks]
         existing = [d for d in clashes if os.path.lexists(d)]
         if existing:
             raise UsageError(
@@ -1432,6 +1439,11 @@ def _extract_all(
             writers.drain()  # this archive's writes, and the renames of the one before
             ex.committing = []
             ex.commit(writers)
+        writers.drain()
+        ex.committing = []
+        for item in plan.symlinks:
+            ex.symlink(item)
+        ex.commit(writers)
         writers.drain()
         ex.committing = []
         ex.drop_incomplete(plan.warnings)

@@ -639,3 +639,31 @@ def test_a_tar_member_named_to_escape_writes_nothing_outside(
     else:
         assert run.code == 1 and "lacks 1 members" in run.err, run
         assert not (to / "r" / "x").exists()
+
+
+def test_a_catalog_whose_symlinks_name_no_archive_still_restores_them(tmp_path: Path) -> None:
+    """Catalogs written before a symlink's entry named its archive (the
+    first landing of manifests): restore makes such symlinks from the
+    catalog alone."""
+    cli = _cli(tmp_path)
+    src, state, vault = tmp_path / "src", tmp_path / "state", tmp_path / "vault"
+    url = _url(vault)
+    (src / "d").mkdir(parents=True)
+    (src / "d" / "a.txt").write_text("alpha\n")
+    os.symlink("d/a.txt", src / "link")
+    os.symlink("../link", src / "d" / "back")
+    sid = _backup(cli, state, src, url)["session"]
+    obj = vault / "catalog" / f"{sid}.mf.zst"
+    with open(obj, "rb") as f:
+        reader = ManifestReader(f, ["zstd"])
+        header, entries = reader.header, list(reader)
+    assert sum(e.kind == "symlink" and bool(e.where) for e in entries) == 2
+    obj.unlink()
+    w = ManifestWriter(obj, header)
+    for e in entries:
+        w.add(msgspec.structs.replace(e, where=[]) if e.kind == "symlink" else e)
+    w.close()
+    shutil.rmtree(state)
+    assert_ok(cli("--state-dir", tmp_path / "rec", "recover", "--vault", url))
+    assert_ok(_restore(cli, tmp_path / "rec", tmp_path / "back"))
+    assert describe(_under(tmp_path / "back", src)) == describe(src)

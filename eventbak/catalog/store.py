@@ -52,13 +52,6 @@ def index_path(root: Path, session: str) -> Path:
     return root / CATALOG_DIR / f"{session}.idx"
 
 
-def has_local(root: Path, s: SessionState) -> bool:
-    """The session's manifest is on record and its copy is in the state dir."""
-    return (
-        s.catalog is not None and bool(s.catalog.local_sha256) and local_path(root, s.id).is_file()
-    )
-
-
 class _Hashing(io.RawIOBase):
     """Reads a file, hashing every byte that passes."""
 

@@ -152,8 +152,8 @@ async def serve(
         for req in plan.reqs:
             req = dated(sd, req, now.astimezone(plan.tz))
             unfinished = find_unfinished(sd, req)
-            _fail_if_stuck(sd, unfinished, plan.max_failures, say)
-            unfinished = find_unfinished(sd, req)
+            if _fail_if_stuck(sd, unfinished, plan.max_failures, say):
+                unfinished = None  # failed: the dataset starts afresh when due
             done = _last_completed(sd, req)
             if req.dataset in seen_done and (done is None or seen_done[req.dataset] > done):
                 done = seen_done[req.dataset]
@@ -212,14 +212,16 @@ def _write_metrics(
 
 def _fail_if_stuck(
     sd: StateDir, s: SessionState | None, max_failures: int, say: Callable[[dict[str, Any]], None]
-) -> None:
+) -> bool:
+    """Mark `s` failed if its last `max_failures` pauses were errors (True then)."""
     if s is None or s.state != "paused" or _error_streak(s) < max_failures:
-        return
+        return False
     error = s.pauses[-1].removeprefix("error: ")
     why = f"{max_failures} errors in a row, the last: {error}"
     sd.record(ev.SessionFailed(at=time.time(), session=s.id, error=why))
     sd.commit()
     say({"event": "failed", "dataset": s.dataset, "session": s.id, "error": why})
+    return True
 
 
 def _record(
